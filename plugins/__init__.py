@@ -1,0 +1,1 @@
+"""Built-in rats plugins, registered through the same hooks and entry points as third-party ones."""

@@ -1,0 +1,345 @@
+"""The experiment configuration: one YAML file, validated by pydantic, with ``key=value`` overrides.
+
+Public keys (stable names): ``backbone.name``, ``backbone.path``, ``backbone.resolution``,
+``student.steps`` (K), ``teacher.steps`` (N), ``teacher.kind`` (``ema`` | ``frozen``), ``gate.name``,
+``horizons.name``, ``rewards``, ``train.steps``, ``train.batch_size``, ``output_dir``, ``seed``.
+Every section is documented field by field below and in docs/config.md.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import ConfigError
+from .registry import format_validation_error
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class _Component(BaseModel):
+    """``{name: ..., **options}``; the options are checked against the component's own schema."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class BackboneConfig(_Component):
+    #: hub id or local folder of the pretrained model; ``null`` lets the plugin use its default
+    path: str | None = None
+    #: image side in pixels
+    resolution: int | None = Field(default=None, gt=0)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        opts = dict(self.model_extra or {})
+        if self.path is not None:
+            opts["path"] = self.path
+        if self.resolution is not None:
+            opts["resolution"] = self.resolution
+        return opts
+
+
+class RewardConfig(_Component):
+    #: weight of this reward in the combined reward (may be 0 to only log it)
+    weight: float = 1.0
+    #: ``fixed`` standardises the score as ``(score − mean) / std`` before weighting
+    normalize: Literal["none", "fixed"] = "none"
+    mean: float = 0.0
+    std: float = Field(default=1.0, gt=0)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class GateConfig(_Component):
+    name: str = "sigmoid"
+
+
+class HorizonsConfig(_Component):
+    name: str = "all"
+
+
+class LoraConfig(_Strict):
+    rank: int = Field(default=16, gt=0)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    #: module names to adapt; default: the backbone's own ``lora_target_modules``
+    target_modules: list[str] | None = None
+
+
+class StudentConfig(_Strict):
+    #: K, the number of sampler steps of the student (1–8 in the paper)
+    steps: int = Field(default=4, gt=0)
+    #: K_grad: gradient flows through the last K_grad student steps only (DRaFT-K style)
+    grad_steps: int = Field(default=1, gt=0)
+    guidance_scale: float = Field(default=1.0, ge=0)
+    gradient_checkpointing: bool = False
+    #: ``null`` trains the whole denoiser; a mapping trains a peft LoRA
+    lora: LoraConfig | None = None
+
+
+class TeacherConfig(_Strict):
+    #: ``ema``: an EMA of the student (the paper); ``frozen``: a frozen copy of the base model
+    kind: Literal["ema", "frozen"] = "ema"
+    #: N, the teacher's sampler steps (paper: 50)
+    steps: int = Field(default=50, gt=0)
+    ema_decay: float = Field(default=0.99, ge=0, le=1)
+    guidance_scale: float = Field(default=1.0, ge=0)
+    #: ``superset``: the teacher schedule is built to contain every student σ;
+    #: ``nearest``: use the backbone's N-step schedule and match the nearest σ (warns when inexact)
+    alignment: Literal["superset", "nearest"] = "superset"
+
+
+class LossConfig(_Strict):
+    #: α, weight of the gated trajectory-shaping loss
+    alpha: float = Field(default=1.0, ge=0)
+    #: β, weight of the reward term
+    beta: float = Field(default=1.0, ge=0)
+    #: λ_cos and λ_2 of the per-horizon distance
+    cosine_weight: float = Field(default=1.0, ge=0)
+    l2_weight: float = Field(default=1.0, ge=0)
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(default=100, gt=0)
+    #: prompts per rank per micro-step
+    batch_size: int = Field(default=4, gt=0)
+    gradient_accumulation: int = Field(default=1, gt=0)
+    lr: float = Field(default=1e-5, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+    #: gradient clipping by global norm; 0 disables it
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    #: save a checkpoint every N optimizer steps (and always at the end); 0: only at the end
+    checkpoint_every: int = Field(default=100, ge=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    #: ``auto`` continues from the newest checkpoint in output_dir, ``never`` starts fresh
+    #: (refusing to overwrite one), or a checkpoint folder
+    resume: str = "auto"
+    log_every: int = Field(default=1, gt=0)
+    #: ``cpu`` or ``cuda``; default: cuda when available
+    device: str | None = None
+    progress: bool = True
+    #: export the student at the end of training (a diffusers folder, or LoRA file for LoRA runs)
+    export: bool = True
+
+
+class DataConfig(_Strict):
+    #: training prompts: a list, or a .txt / .jsonl file (one prompt per line; path relative to the config)
+    prompts: list[str] | str = Field(default_factory=lambda: ["a photo of a cat"])
+    #: held-out prompts for evaluation (same forms)
+    eval_prompts: list[str] | str | None = None
+
+
+class MetricConfig(_Component):
+    pass
+
+
+class EvalConfig(_Strict):
+    #: prompts to evaluate on (same forms as data.prompts); default: data.eval_prompts
+    prompts: list[str] | str | None = None
+    #: set-level metrics the training never sees (`rats plugins` lists them)
+    metrics: list[MetricConfig] = Field(default_factory=list)
+    #: student step counts to evaluate; default: [student.steps]
+    steps: list[Annotated[int, Field(gt=0)]] | None = None
+    #: the base model / teacher's step count; default: teacher.steps
+    teacher_steps: int | None = Field(default=None, gt=0)
+    images_per_prompt: int = Field(default=1, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    seed: int = 1234
+    #: evaluate held-out prompts every N optimizer steps during training (0: never), for the
+    #: reward-over-training curve and the overtaking step
+    every: int = Field(default=0, ge=0)
+    #: write the report (table, grids, plots, report.json) in the run folder when training ends
+    at_end: bool = True
+
+
+class RatsConfig(_Strict):
+    seed: int = 0
+    output_dir: str = "runs/rats"
+    backbone: BackboneConfig
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    rewards: list[RewardConfig]
+    gate: GateConfig = Field(default_factory=GateConfig)
+    horizons: HorizonsConfig = Field(default_factory=HorizonsConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    #: a DeepSpeed JSON config passed through; batch sizes, precision, optimizer and clipping are
+    #: filled in from ``train`` where not given. Default: ZeRO stage 0.
+    deepspeed: dict[str, Any] = Field(default_factory=lambda: {"zero_optimization": {"stage": 0}})
+    #: evaluation and end-of-run report
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    #: folder of the YAML file, for resolving relative paths (not a config key)
+    _base_dir: Path = pydantic.PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("rewards")
+    @classmethod
+    def _rewards_not_empty(cls, v: list[RewardConfig]) -> list[RewardConfig]:
+        if not v:
+            raise ValueError("at least one reward is required")
+        if all(r.weight == 0 for r in v):
+            raise ValueError("all reward weights are 0; give at least one a non-zero weight")
+        return v
+
+    @model_validator(mode="after")
+    def _steps_consistent(self) -> "RatsConfig":
+        if self.student.steps >= self.teacher.steps:
+            raise ValueError(
+                f"student.steps (K={self.student.steps}) must be smaller than teacher.steps (N={self.teacher.steps})"
+            )
+        if self.student.grad_steps > self.student.steps:
+            raise ValueError(
+                f"student.grad_steps ({self.student.grad_steps}) cannot exceed student.steps ({self.student.steps})"
+            )
+        stage = (self.deepspeed.get("zero_optimization") or {}).get("stage", 0)
+        if stage not in (0, 1, 2, 3):
+            raise ValueError(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3 (got {stage!r})")
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def resolve_path(self, value: str | Path) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader; ConfigError with file and line on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML config file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; see experiments/ for complete examples")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*$")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a config mapping, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. train.steps=10")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not _KEY_RE.match(key):
+            raise ConfigError(f"override '{item}': '{key}' is not a dotted key like gate.tau")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError(f"override '{item}': cannot parse the value ({problem})") from None
+        parts = key.split(".")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            node = _child(node, part, ".".join(parts[: i + 1]), item, create=True)
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(last, node, key, item)
+            node[idx] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override '{item}': '{'.'.join(parts[:-1])}' is not a section")
+    return data
+
+
+def _index(part: str, node: list, key: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override '{item}': '{key}' indexes a list of {len(node)} entries with '{part}'")
+    return int(part)
+
+
+def _child(node: Any, part: str, key: str, item: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(part, node, key, item)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override '{item}': '{key}' is inside a value that is not a section")
+    if part not in node or node[part] is None:
+        if not create:
+            raise ConfigError(f"override '{item}': no key '{key}'")
+        node[part] = {}
+    return node[part]
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RatsConfig:
+    """Read, override and validate a config. Raises ConfigError with the file and key on any problem."""
+    path = Path(path)
+    data = read_yaml(path)
+    apply_overrides(data, list(overrides or []))
+    cfg = validate_config(data, source=str(path))
+    cfg._base_dir = path.resolve().parent
+    return cfg
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RatsConfig:
+    try:
+        return RatsConfig.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(f"{source}: invalid configuration\n" + _indent(format_validation_error(exc))) from None
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def check_components(cfg: RatsConfig, source: str = "config") -> None:
+    """Check that every named component exists and its options validate (what `rats validate` does)."""
+    from .plugins import get_registry
+
+    registry = get_registry()
+    try:
+        registry.get("backbones", cfg.backbone.name).validate_options(cfg.backbone.options, "backbone")
+        for i, r in enumerate(cfg.rewards):
+            registry.get("rewards", r.name).validate_options(r.options, f"rewards.{i}")
+        registry.get("gates", cfg.gate.name).validate_options(cfg.gate.options, "gate")
+        registry.get("horizons", cfg.horizons.name).validate_options(cfg.horizons.options, "horizons")
+        for i, m in enumerate(cfg.eval.metrics):
+            registry.get("metrics", m.name).validate_options(m.options, f"eval.metrics.{i}")
+    except ConfigError as exc:
+        raise type(exc)(f"{source}: {exc}") from None

@@ -1,0 +1,175 @@
+"""The RATS objective for one batch: rollouts, rewards, gate, shape loss.
+
+``L = mean_i( −β·R_S(i) + α·g(i)·L_shape(i) )`` with ``g = gate(R_T, R_S)`` computed without gradient.
+The same object serves the trainer, the benchmarks and anyone scripting RATS by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import PluginError
+from .interfaces import Backbone
+from .rewards import RewardSet
+from .rollout import rollout
+from .shaping import shape_loss, validate_horizons
+from .sigmas import align_schedules
+
+
+@dataclass
+class ObjectiveSettings:
+    student_steps: int = 4
+    teacher_steps: int = 50
+    alignment: str = "superset"
+    grad_steps: int = 1
+    alpha: float = 1.0
+    beta: float = 1.0
+    cosine_weight: float = 1.0
+    l2_weight: float = 1.0
+    student_guidance: float = 1.0
+    teacher_guidance: float = 1.0
+    checkpointing: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ObjectiveSettings":
+        return cls(
+            student_steps=cfg.student.steps,
+            teacher_steps=cfg.teacher.steps,
+            alignment=cfg.teacher.alignment,
+            grad_steps=cfg.student.grad_steps,
+            alpha=cfg.loss.alpha,
+            beta=cfg.loss.beta,
+            cosine_weight=cfg.loss.cosine_weight,
+            l2_weight=cfg.loss.l2_weight,
+            student_guidance=cfg.student.guidance_scale,
+            teacher_guidance=cfg.teacher.guidance_scale,
+            checkpointing=cfg.student.gradient_checkpointing,
+        )
+
+
+@dataclass
+class TeacherOutput:
+    x0: dict[int, Tensor]  # keyed by *student* step
+    final: Tensor
+    images: Tensor
+    reward: Tensor
+    parts: dict[str, Tensor]
+
+
+class RatsObjective:
+    """Computes the RATS loss and its logged terms for a batch of prompts and noise."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        rewards: RewardSet,
+        gate: Callable[[Tensor, Tensor], Tensor],
+        horizons: Callable[[Tensor], list[tuple[int, float]]],
+        settings: ObjectiveSettings,
+        *,
+        gate_name: str = "gate",
+        horizons_name: str = "horizons",
+    ):
+        self.backbone = backbone
+        self.rewards = rewards
+        self.gate = gate
+        self.gate_name = gate_name
+        self.s = settings
+        self.schedules = align_schedules(
+            backbone.sigmas(settings.student_steps), backbone.sigmas(settings.teacher_steps), settings.alignment
+        )
+        try:
+            raw = horizons(self.schedules.student)
+        except Exception as exc:
+            raise PluginError(f"horizon schedule '{horizons_name}' raised {type(exc).__name__}: {exc}") from exc
+        self.horizons = validate_horizons(raw, settings.student_steps, horizons_name)
+        self.horizon_steps = [k for k, w in self.horizons if w > 0]
+
+    # -- pieces, public so benchmarks and tests can time and check them one by one
+
+    @torch.no_grad()
+    def teacher_rollout(self, teacher: nn.Module, noise: Tensor, cond: Any, prompts: Sequence[str]) -> TeacherOutput:
+        sched = self.schedules
+        keep = {sched.teacher_index[k]: k for k in self.horizon_steps}
+        r = rollout(
+            self.backbone,
+            teacher,
+            noise,
+            cond,
+            sched.teacher.to(noise.device),
+            guidance_scale=self.s.teacher_guidance,
+            keep=keep.keys(),
+        )
+        images = self.backbone.decode(r.final)
+        reward, parts = self.rewards(images, prompts)
+        return TeacherOutput({k: r.x0[i] for i, k in keep.items()}, r.final, images, reward, parts)
+
+    def student_rollout(self, student: nn.Module, noise: Tensor, cond: Any):
+        return rollout(
+            self.backbone,
+            student,
+            noise,
+            cond,
+            self.schedules.student.to(noise.device),
+            guidance_scale=self.s.student_guidance,
+            grad_steps=self.s.grad_steps,
+            local_grad_steps=self.horizon_steps if self.s.alpha > 0 else (),
+            keep=self.horizon_steps,
+            checkpointing=self.s.checkpointing,
+        )
+
+    def gate_values(self, teacher_reward: Tensor, student_reward: Tensor) -> Tensor:
+        with torch.no_grad():
+            try:
+                g = self.gate(teacher_reward.detach(), student_reward.detach())
+            except Exception as exc:
+                raise PluginError(f"gate '{self.gate_name}' raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(g, Tensor) or g.shape != teacher_reward.shape:
+            shape = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
+            raise PluginError(f"gate '{self.gate_name}' returned {shape}, expected shape {tuple(teacher_reward.shape)}")
+        if not torch.isfinite(g).all() or (g < 0).any() or (g > 1).any():
+            raise PluginError(f"gate '{self.gate_name}' returned values outside [0, 1]: {g.tolist()}")
+        return g.detach()
+
+    def __call__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        prompts: Sequence[str],
+        noise: Tensor,
+        cond: Any = None,
+        teacher_out: TeacherOutput | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss (scalar, differentiable in the student) and detached per-batch metrics."""
+        prompts = list(prompts)
+        if cond is None:
+            with torch.no_grad():
+                cond = self.backbone.encode_prompts(prompts)
+        t = teacher_out if teacher_out is not None else self.teacher_rollout(teacher, noise, cond, prompts)
+        s = self.student_rollout(student, noise, cond)
+        images = self.backbone.decode(s.final)
+        r_s, parts_s = self.rewards(images, prompts)
+        g = self.gate_values(t.reward, r_s)
+        if self.s.alpha > 0:
+            l_shape = shape_loss(s.x0, t.x0, self.horizons, self.s.cosine_weight, self.s.l2_weight)
+        else:
+            l_shape = torch.zeros_like(r_s)
+        per_sample = -self.s.beta * r_s + self.s.alpha * g * l_shape
+        loss = per_sample.mean()
+        metrics: dict[str, Tensor] = {
+            "loss": loss.detach(),
+            "reward_student": r_s.detach().mean(),
+            "reward_teacher": t.reward.detach().mean(),
+            "gate_mean": g.mean(),
+            "shape_loss": l_shape.detach().mean(),
+            "student_wins": (r_s.detach() > t.reward).float().mean(),
+        }
+        for name, v in parts_s.items():
+            metrics[f"reward_student/{name}"] = v.detach().float().mean()
+        for name, v in t.parts.items():
+            metrics[f"reward_teacher/{name}"] = v.detach().float().mean()
+        return loss, metrics

@@ -1,0 +1,99 @@
+"""Deterministic rollouts of a backbone's network over a σ schedule, keeping x0-predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .interfaces import Backbone
+from .sigmas import ddim_step, initial_latents
+
+
+@dataclass
+class Rollout:
+    sigmas: Tensor
+    #: x0-prediction at each kept step index (all steps unless ``keep`` was given)
+    x0: dict[int, Tensor] = field(default_factory=dict)
+    #: the final latent at σ = 0
+    final: Tensor | None = None
+
+
+def rollout(
+    backbone: Backbone,
+    denoiser: nn.Module,
+    noise: Tensor,
+    cond: Any,
+    sigmas: Tensor,
+    *,
+    guidance_scale: float = 1.0,
+    grad_steps: int = 0,
+    local_grad_steps: Iterable[int] = (),
+    keep: Iterable[int] | None = None,
+    checkpointing: bool = False,
+) -> Rollout:
+    """Sample from ``noise`` along ``sigmas`` with deterministic DDIM steps.
+
+    Gradient, DRaFT-K style: only the last ``grad_steps`` steps are differentiated *through the
+    trajectory* (earlier steps run under ``no_grad``). Steps listed in ``local_grad_steps`` (the
+    matched horizons) also keep the gradient of their own network evaluation, but their input is a
+    detached state and their output is detached before it moves the trajectory on, so no gradient
+    crosses steps outside the last ``grad_steps``. ``grad_steps=0`` and no local steps: no gradient.
+    """
+    n = len(sigmas) - 1
+    first_chain = n - grad_steps
+    local = set(local_grad_steps)
+    keep_set = set(range(n)) if keep is None else set(keep)
+    x = initial_latents(noise, sigmas[0], backbone.interpolation)
+    out = Rollout(sigmas=sigmas)
+    for j in range(n):
+        sigma, sigma_next = sigmas[j], sigmas[j + 1]
+        chain = j >= first_chain
+        with_grad = chain or j in local
+        if not chain:
+            x = x.detach()
+        with torch.enable_grad() if with_grad and torch.is_grad_enabled() else torch.no_grad():
+            if with_grad and checkpointing and torch.is_grad_enabled():
+                x0 = checkpoint(
+                    _predict, backbone, denoiser, x, sigma, cond, guidance_scale, use_reentrant=False
+                )
+            else:
+                x0 = _predict(backbone, denoiser, x, sigma, cond, guidance_scale)
+        if j in keep_set:
+            out.x0[j] = x0
+        step_x0 = x0 if chain else x0.detach()
+        x = ddim_step(x, step_x0, sigma, sigma_next, backbone.interpolation) if float(sigma_next) > 0 else step_x0
+    out.final = x
+    return out
+
+
+def _predict(backbone: Backbone, denoiser: nn.Module, x: Tensor, sigma: Tensor, cond: Any, guidance_scale: float) -> Tensor:
+    return backbone.predict_x0(denoiser, x, sigma, cond, guidance_scale=guidance_scale)
+
+
+@torch.no_grad()
+def sample(
+    backbone: Backbone,
+    denoiser: nn.Module,
+    prompts: list[str],
+    steps: int,
+    *,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    guidance_scale: float = 1.0,
+    cond: Any = None,
+    decode: bool = True,
+) -> Tensor:
+    """Plain K-step sampling (no gradient): images in [0, 1], or latents when ``decode=False``."""
+    if noise is None:
+        noise = torch.randn(backbone.latent_shape(len(prompts)), generator=generator)
+    device = next(iter(denoiser.parameters())).device
+    noise = noise.to(device)
+    if cond is None:
+        cond = backbone.encode_prompts(prompts)
+    r = rollout(backbone, denoiser, noise, cond, backbone.sigmas(steps).to(device), guidance_scale=guidance_scale, keep=())
+    return backbone.decode(r.final) if decode else r.final
+

@@ -1,0 +1,68 @@
+"""The teacher: an EMA of the student (the paper) or a frozen copy of the base model."""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+def make_teacher(student: nn.Module) -> nn.Module:
+    """A frozen, independent copy of ``student`` in eval mode (no gradient, no optimizer state)."""
+    teacher = copy.deepcopy(student)
+    teacher.requires_grad_(False)
+    teacher.eval()
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher_params: Iterable[torch.Tensor], student_params: Iterable[torch.Tensor], decay: float) -> None:
+    """``θ_T ← μ·θ_T + (1 − μ)·θ_S`` in place, computed in float32 for low-precision weights."""
+    t_list = list(teacher_params)
+    s_list = list(student_params)
+    if len(t_list) != len(s_list):
+        raise ValueError(f"EMA over {len(t_list)} teacher and {len(s_list)} student tensors")
+    for t, s in zip(t_list, s_list):
+        if t.dtype == torch.float32:
+            t.mul_(decay).add_(s.detach().to(t.dtype), alpha=1 - decay)
+        else:
+            t.copy_((t.float() * decay + s.detach().float() * (1 - decay)).to(t.dtype))
+
+
+class Teacher:
+    """Holds the teacher network and keeps it up to date.
+
+    ``kind="ema"``: after every optimizer step the trainable parameters move towards the student's.
+    ``kind="frozen"``: the base model as it was before training, never updated.
+    Only the student's trainable parameters are tracked (with LoRA: the adapter weights).
+    """
+
+    def __init__(self, student: nn.Module, kind: str = "ema", decay: float = 0.99):
+        if kind not in ("ema", "frozen"):
+            raise ValueError(f"teacher kind must be 'ema' or 'frozen', got {kind!r}")
+        self.kind = kind
+        self.decay = decay
+        self.module = make_teacher(student)
+        self.names = [n for n, p in student.named_parameters() if p.requires_grad]
+        params = dict(self.module.named_parameters())
+        self._params = [params[n] for n in self.names]
+
+    def update(self, student: nn.Module) -> None:
+        if self.kind != "ema":
+            return
+        s_params = dict(student.named_parameters())
+        ema_update(self._params, [s_params[n] for n in self.names], self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tracked tensors (what changes during training)."""
+        return {n: p.detach() for n, p in zip(self.names, self._params)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise KeyError(f"teacher state lacks {missing[:3]}")
+        for n, p in zip(self.names, self._params):
+            p.copy_(state[n].to(p.dtype))
