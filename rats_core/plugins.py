@@ -25,6 +25,15 @@ OWN_DISTRIBUTION = "rats"
 DEFAULT_PLUGINS = (
     "rats_plugins.gates",
     "rats_plugins.horizons",
+    "rats_plugins.toy",
+    "rats_plugins.digits.plugin",
+    "rats_plugins.backbones.sd15",
+    "rats_plugins.backbones.sdxl",
+    "rats_plugins.backbones.pixart",
+    "rats_plugins.backbones.flux",
+    "rats_plugins.rewards.imagereward",
+    "rats_plugins.rewards.hps",
+    "rats_plugins.rewards.pickscore",
 )
 
 _pm: pluggy.PluginManager | None = None

@@ -1,0 +1,145 @@
+"""A toy backbone and toy rewards: tiny, instant, dependency-free.
+
+For smoke tests of the whole pipeline, plugin authors' own tests, and CI. Not a real image model:
+the "image" is the 3×S×S latent itself mapped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Literal, Sequence
+
+import torch
+from pydantic import Field
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from rats_core import hookimpl
+from rats_core.sigmas import x0_from_eps, x0_from_flow, ve_model_input
+
+
+def _prompt_features(prompts: Sequence[str], dim: int) -> Tensor:
+    """Deterministic bag-of-words features (no tokenizer, no weights)."""
+    out = torch.zeros(len(prompts), dim)
+    for i, p in enumerate(prompts):
+        for word in p.lower().split():
+            h = sum((j + 1) * ord(c) for j, c in enumerate(word))
+            out[i, h % dim] += 1.0
+    return out
+
+
+class ToyDenoiser(nn.Module):
+    """Conv net predicting eps (``ve``) or velocity (``flow``) from x, σ and a prompt vector."""
+
+    def __init__(self, channels: int = 3, hidden: int = 16, text_dim: int = 16):
+        super().__init__()
+        self.text_dim = text_dim
+        self.inp = nn.Conv2d(channels, hidden, 3, padding=1)
+        self.cond = nn.Linear(text_dim + 1, hidden)
+        self.mid = nn.Conv2d(hidden, hidden, 3, padding=1)
+        self.out = nn.Conv2d(hidden, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, sigma: Tensor, text: Tensor) -> Tensor:
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1).expand(x.shape[0], 1)
+        c = self.cond(torch.cat([text.to(x.dtype), torch.log1p(s)], dim=1))[:, :, None, None]
+        h = torch.nn.functional.silu(self.inp(x) + c)
+        h = torch.nn.functional.silu(self.mid(h)) + h
+        return self.out(h)
+
+
+class ToyBackbone:
+    """Pixel-space toy model; ``interpolation`` ``ve`` (eps-prediction) or ``flow`` (velocity)."""
+
+    def __init__(self, resolution: int = 8, interpolation: str = "flow", seed: int = 0, sigma_max: float = 10.0):
+        torch.manual_seed(seed)
+        self.resolution = resolution
+        self.interpolation = interpolation
+        self.sigma_max = sigma_max if interpolation == "ve" else 1.0
+        self.denoiser = ToyDenoiser()
+        self.lora_target_modules = ["inp", "mid", "out"]
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+        return _prompt_features(prompts, self.denoiser.text_dim)
+
+    def sigmas(self, num_steps: int) -> Tensor:
+        if self.interpolation == "flow":
+            s = torch.linspace(1.0, 0.0, num_steps + 1)
+        else:  # log-uniform between sigma_max and 0.02, then 0
+            s = torch.exp(torch.linspace(math.log(self.sigma_max), math.log(0.02), num_steps))
+            s = torch.cat([s, torch.zeros(1)])
+        return s.float()
+
+    def latent_shape(self, batch_size: int) -> tuple[int, ...]:
+        return (batch_size, 3, self.resolution, self.resolution)
+
+    def predict_x0(self, denoiser, x, sigma, cond, guidance_scale: float = 1.0):
+        text = cond.to(x.device)
+        if self.interpolation == "flow":
+            return x0_from_flow(x, sigma, denoiser(x, sigma, text))
+        return x0_from_eps(x, sigma, denoiser(ve_model_input(x, sigma), sigma, text))
+
+    def decode(self, x0: Tensor) -> Tensor:
+        return (x0.clamp(-1, 1) + 1) / 2
+
+    def export(self, denoiser, directory, *, steps: int, lora_only: bool = False) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in denoiser.state_dict().items()}
+        save_file(state, str(directory / "denoiser.safetensors"))
+        (directory / "config.json").write_text(
+            json.dumps({"backbone": "toy", "interpolation": self.interpolation, "resolution": self.resolution,
+                        "steps": steps})
+        )
+        return directory
+
+
+def toy(
+    resolution: Annotated[int, Field(gt=0, le=64)] = 8,
+    interpolation: Literal["ve", "flow"] = "flow",
+    seed: int = 0,
+    path: str | None = None,
+) -> ToyBackbone:
+    """A tiny random pixel-space model for smoke tests (no weights needed)."""
+    return ToyBackbone(resolution=resolution, interpolation=interpolation, seed=seed)
+
+
+class Brightness:
+    """``−(mean(image) − target)²``: prefers images of a given mean brightness."""
+
+    def __init__(self, target: float = 0.75):
+        self.target = target
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        return -(images.mean(dim=(1, 2, 3)) - self.target) ** 2
+
+
+def brightness(target: Annotated[float, Field(ge=0, le=1)] = 0.75) -> Brightness:
+    """Toy reward: -(mean brightness - target)^2."""
+    return Brightness(target)
+
+
+class Smoothness:
+    """Negative total variation: prefers smooth images."""
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        dx = (images[..., 1:] - images[..., :-1]).abs().mean(dim=(1, 2, 3))
+        dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean(dim=(1, 2, 3))
+        return -(dx + dy)
+
+
+def smoothness() -> Smoothness:
+    """Toy reward: negative total variation."""
+    return Smoothness()
+
+
+@hookimpl
+def register_backbones(register):
+    register("toy", toy)
+
+
+@hookimpl
+def register_rewards(register):
+    register("toy-brightness", brightness)
+    register("toy-smoothness", smoothness)
