@@ -94,7 +94,9 @@ class RatsObjective:
     @torch.no_grad()
     def teacher_rollout(self, teacher: nn.Module, noise: Tensor, cond: Any, prompts: Sequence[str]) -> TeacherOutput:
         sched = self.schedules
-        keep = {sched.teacher_index[k]: k for k in self.horizon_steps}
+        # Not a teacher-index -> student-step dict: with `nearest` alignment two student steps can
+        # share one teacher step, and each still needs its teacher prediction.
+        keep = sorted({sched.teacher_index[k] for k in self.horizon_steps})
         r = rollout(
             self.backbone,
             teacher,
@@ -102,11 +104,12 @@ class RatsObjective:
             cond,
             sched.teacher.to(noise.device),
             guidance_scale=self.s.teacher_guidance,
-            keep=keep.keys(),
+            keep=keep,
         )
         images = self.backbone.decode(r.final)
         reward, parts = self.rewards(images, prompts)
-        return TeacherOutput({k: r.x0[i] for i, k in keep.items()}, r.final, images, reward, parts)
+        x0 = {k: r.x0[sched.teacher_index[k]] for k in self.horizon_steps}
+        return TeacherOutput(x0, r.final, images, reward, parts)
 
     def student_rollout(self, student: nn.Module, noise: Tensor, cond: Any):
         return rollout(
