@@ -105,11 +105,13 @@ def format_validation_error(exc: pydantic.ValidationError, prefix: str = "") -> 
         loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
         key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
         msg = err["msg"]
+        if err["type"] == "value_error":  # our own validators' messages already say what is wrong
+            msg = msg.removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown option"
         elif err["type"] == "missing":
             msg = "required option is missing"
-        lines.append(f"{key}: {msg}" + (f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden") and _short(err.get("input")) else ""))
+        lines.append((f"{key}: {msg}" if key else msg) + (f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden") and _short(err.get("input")) else ""))
     return "\n".join(lines)
 
 
