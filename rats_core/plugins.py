@@ -165,7 +165,7 @@ def list_plugins() -> list[dict[str, Any]]:
         out.append(entry)
     for name, err in registry.errors.items():
         if pm.get_plugin(name) is None:
-            out.append({"name": name, "builtin": False, "hooks": [], "components": {}, "error": err})
+            out.append({"name": name, "builtin": name in DEFAULT_PLUGINS, "hooks": [], "components": {}, "error": err})
     return out
 
 
