@@ -16,7 +16,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, UnknownComponentError
 from .registry import format_validation_error
 
 
@@ -333,13 +333,21 @@ def check_components(cfg: RatsConfig, source: str = "config") -> None:
     from .plugins import get_registry
 
     registry = get_registry()
+
+    def check(kind: str, section: Any, where: str) -> None:
+        try:
+            component = registry.get(kind, section.name)
+        except UnknownComponentError as exc:
+            raise UnknownComponentError(f"{where}.name: {exc}") from None
+        component.validate_options(section.options, where)
+
     try:
-        registry.get("backbones", cfg.backbone.name).validate_options(cfg.backbone.options, "backbone")
+        check("backbones", cfg.backbone, "backbone")
         for i, r in enumerate(cfg.rewards):
-            registry.get("rewards", r.name).validate_options(r.options, f"rewards.{i}")
-        registry.get("gates", cfg.gate.name).validate_options(cfg.gate.options, "gate")
-        registry.get("horizons", cfg.horizons.name).validate_options(cfg.horizons.options, "horizons")
+            check("rewards", r, f"rewards.{i}")
+        check("gates", cfg.gate, "gate")
+        check("horizons", cfg.horizons, "horizons")
         for i, m in enumerate(cfg.eval.metrics):
-            registry.get("metrics", m.name).validate_options(m.options, f"eval.metrics.{i}")
+            check("metrics", m, f"eval.metrics.{i}")
     except ConfigError as exc:
         raise type(exc)(f"{source}: {exc}") from None

@@ -147,8 +147,10 @@ class Registry:
         close = difflib.get_close_matches(str(name), list(table), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         known = ", ".join(sorted(table)) or "none"
+        # A plugin that failed to load looks exactly like a missing one; say so.
+        broken = f" Plugins that failed to load: {', '.join(sorted(self.errors))}." if self.errors else ""
         raise UnknownComponentError(
-            f"unknown {SINGULAR[kind]} '{name}'.{hint} Registered: {known}. (`rats plugins` lists them.)"
+            f"unknown {SINGULAR[kind]} '{name}'.{hint} Registered: {known}.{broken} (`rats plugins` lists them.)"
         )
 
     def build(self, kind: str, name: str, options: dict[str, Any] | None = None, where: str | None = None) -> Any:
