@@ -53,11 +53,13 @@ class ToyBackbone:
     """Pixel-space toy model; ``interpolation`` ``ve`` (eps-prediction) or ``flow`` (velocity)."""
 
     def __init__(self, resolution: int = 8, interpolation: str = "flow", seed: int = 0, sigma_max: float = 10.0):
-        torch.manual_seed(seed)
         self.resolution = resolution
         self.interpolation = interpolation
         self.sigma_max = sigma_max if interpolation == "ve" else 1.0
-        self.denoiser = ToyDenoiser()
+        # `seed` fixes the weights without reseeding the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.denoiser = ToyDenoiser()
         self.lora_target_modules = ["inp", "mid", "out"]
 
     def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
