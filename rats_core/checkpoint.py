@@ -1,0 +1,209 @@
+"""Atomic, pickle-free checkpoints.
+
+Layout of ``OUTPUT_DIR/checkpoints/step_00000100/``::
+
+    student.safetensors          trainable student weights (all of them, gathered under ZeRO-3)
+    teacher.safetensors          the teacher's tracked weights (EMA state)
+    optimizer/rank_00000.pt      each rank's optimizer (and LR scheduler) state, plain tensors and
+                                 numbers only: read back with ``torch.load(weights_only=True)``
+    state.json                   step, config digest, metrics needed to continue
+
+A checkpoint is written into a temporary sibling folder and renamed into place when complete, so a
+run killed while saving never leaves a folder that resume would pick up half-written.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
+
+STEP_RE = re.compile(r"^step_(\d{8})$")
+
+
+def checkpoint_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first (temporary folders of interrupted saves are ignored)."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+# ----------------------------------------------------------------------------- safe state dicts
+
+
+def _is_plain(v: Any) -> bool:
+    if isinstance(v, (torch.Tensor, int, float, bool, str, type(None))) and not isinstance(v, enum.Enum):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_is_plain(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, (str, int)) and _is_plain(x) for k, x in v.items())
+    return False
+
+
+def plain_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Drop the top-level entries that are not plain data (DeepSpeed keeps a LossScaler object and an
+    enum in its ZeRO optimizer state); they are configuration, restored from the live optimizer."""
+    return {k: v for k, v in state.items() if _is_plain(v)}
+
+
+def restore_state(saved: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(live)
+    merged.update(saved)
+    return merged
+
+
+def save_tensor_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: missing from the checkpoint")
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def save_torch_plain(obj: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    Path(path).write_bytes(buf.getvalue())
+
+
+def load_torch_plain(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain data: a pickle carrying code is refused unrun."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing from the checkpoint") from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: refused to load (only tensors and plain data are accepted; {type(exc).__name__})"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- atomic folders
+
+
+def begin_save(output_dir: Path, step: int) -> Path:
+    """A fresh temporary folder next to where the checkpoint will live."""
+    root = checkpoint_dir(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp_{step_name(step)}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    (tmp / "optimizer").mkdir()
+    return tmp
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_save(tmp: Path, output_dir: Path, step: int, keep: int) -> Path:
+    """Make ``tmp`` the checkpoint for ``step`` atomically, then prune old ones down to ``keep``."""
+    final = checkpoint_dir(output_dir) / step_name(step)
+    _fsync_tree(tmp)
+    if final.exists():  # re-saving the same step (e.g. interrupted right after a periodic save)
+        old = final.with_name(f".old_{final.name}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for _, p in list_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_state(ckpt: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(ckpt) / "state.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt}: not a rats checkpoint (no state.json)") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{ckpt}/state.json: corrupt ({exc})") from None
+
+
+def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path, names: list[str]) -> None:
+    """Copy ``tensors`` into ``module``'s parameters ``names``; shape mismatches name the tensor."""
+    params = dict(module.named_parameters())
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise CheckpointError(
+            f"{source}: lacks {len(missing)} trained tensors (e.g. '{missing[0]}'); "
+            "was it written by a run with another backbone or LoRA setting?"
+        )
+    with torch.no_grad():
+        for n in names:
+            p, t = params[n], tensors[n]
+            if p.shape != t.shape:
+                raise CheckpointError(
+                    f"{source}: tensor '{n}' has shape {tuple(t.shape)}, the model expects {tuple(p.shape)} "
+                    "(checkpoint of a different architecture)"
+                )
+            p.copy_(t.to(p.dtype))

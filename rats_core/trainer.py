@@ -1,0 +1,659 @@
+"""The RATS training recipe on a DeepSpeed engine.
+
+``Trainer`` follows the recipe protocol ``setup() → train() → save_checkpoint() → cleanup()``;
+:func:`train` runs it for a config. One process on a CPU needs no launcher; ``deepspeed`` or
+``torchrun`` launching ``rats-run`` runs data parallel, each rank on its slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import RatsConfig
+from .distributed import DistInfo, all_reduce_mean, any_rank, barrier, setup
+from .errors import CheckpointError, ConfigError, RatsError, TrainingError
+from .objective import ObjectiveSettings, RatsObjective
+from .plugins import get_registry
+from .prompts import PromptSampler, load_prompts
+from .rewards import RewardSet, WeightedReward
+from .teacher import Teacher
+
+log = logging.getLogger("rats")
+
+
+class TrainingInterrupted(RatsError):
+    """SIGINT/SIGTERM: a checkpoint was saved and the run can be resumed."""
+
+    exit_code = 130
+
+
+# ----------------------------------------------------------------------------- components
+
+
+@dataclass
+class Components:
+    backbone: Any
+    rewards: RewardSet
+    gate: Any
+    horizons: Any
+
+
+def build_components(cfg: RatsConfig) -> Components:
+    """Instantiate the backbone, rewards, gate and horizon schedule a config names."""
+    registry = get_registry()
+    backbone = registry.build("backbones", cfg.backbone.name, _resolve_paths(cfg, cfg.backbone.options), "backbone")
+    rewards = RewardSet(
+        [
+            WeightedReward(
+                name=r.name,
+                reward=registry.build("rewards", r.name, _resolve_paths(cfg, r.options), f"rewards.{i}"),
+                weight=r.weight,
+                normalize=r.normalize,
+                mean=r.mean,
+                std=r.std,
+            )
+            for i, r in enumerate(cfg.rewards)
+        ]
+    )
+    gate = registry.build("gates", cfg.gate.name, cfg.gate.options, "gate")
+    horizons = registry.build("horizons", cfg.horizons.name, cfg.horizons.options, "horizons")
+    return Components(backbone, rewards, gate, horizons)
+
+
+def _resolve_paths(cfg: RatsConfig, options: dict[str, Any]) -> dict[str, Any]:
+    """``path`` options that name an existing file relative to the config are resolved against it;
+    anything else (hub ids) passes through."""
+    out = dict(options)
+    p = out.get("path")
+    if isinstance(p, str) and not os.path.isabs(p) and (p.startswith(".") or os.sep in p):
+        candidate = cfg.resolve_path(p)
+        if candidate.exists() and not Path(p).exists():
+            out["path"] = str(candidate)
+    return out
+
+
+def apply_lora(denoiser: nn.Module, lora: Any, default_targets: list[str]) -> nn.Module:
+    """Inject a peft LoRA adapter and freeze everything else."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = lora.target_modules or default_targets
+    if not targets:
+        raise ConfigError("student.lora: the backbone names no LoRA target modules; set student.lora.target_modules")
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
+    try:
+        denoiser = inject_adapter_in_model(config, denoiser)
+    except ValueError as exc:
+        raise ConfigError(f"student.lora.target_modules: {exc}") from None
+    for name, p in denoiser.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return denoiser
+
+
+def deepspeed_config(cfg: RatsConfig, world_size: int) -> dict[str, Any]:
+    """The user's ``deepspeed`` section, with batch sizes, precision and clipping filled from ``train``."""
+    ds = json.loads(json.dumps(cfg.deepspeed))  # deep copy
+    t = cfg.train
+    ds.setdefault("train_micro_batch_size_per_gpu", t.batch_size)
+    ds.setdefault("gradient_accumulation_steps", t.gradient_accumulation)
+    ds.setdefault("train_batch_size", t.batch_size * t.gradient_accumulation * world_size)
+    expected = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world_size
+    if ds["train_batch_size"] != expected:
+        raise ConfigError(
+            f"deepspeed.train_batch_size ({ds['train_batch_size']}) must equal micro batch × accumulation × ranks "
+            f"({expected}); leave batch sizes out of the deepspeed section to have them filled from train"
+        )
+    if t.max_grad_norm > 0:
+        ds.setdefault("gradient_clipping", t.max_grad_norm)
+    if t.precision == "bf16":
+        ds.setdefault("bf16", {"enabled": True})
+    ds.setdefault("zero_optimization", {"stage": 0})
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def lr_lambda(cfg: RatsConfig):
+    t = cfg.train
+
+    def f(step: int) -> float:
+        if t.warmup_steps and step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.lr_scheduler == "constant":
+            return 1.0
+        progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+        progress = min(max(progress, 0.0), 1.0)
+        if t.lr_scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return f
+
+
+def batch_noise(backbone: Any, seed: int, index: int, global_batch: int, rank: int, per_rank: int) -> torch.Tensor:
+    """Initial noise for this rank's slice of global batch ``index``: it depends only on (seed, index),
+    so resumed and multi-rank runs draw exactly the noise an uninterrupted one-rank run draws."""
+    g = torch.Generator().manual_seed(seed * 7919 + index * 104729 + 17)
+    full = torch.randn(backbone.latent_shape(global_batch), generator=g)
+    return full[rank * per_rank : (rank + 1) * per_rank]
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+class RunLock:
+    """An exclusive lock on the output folder: a second run pointed at it is refused."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".rats.lock"
+        self.fh = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another process"
+            self.fh.close()
+            self.fh = None
+            raise TrainingError(
+                f"{self.path.parent} is in use by a running training ({holder}); "
+                "wait for it to finish or choose another output_dir=..."
+            ) from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()}")
+        self.fh.flush()
+
+    def release(self) -> None:
+        if self.fh is not None:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output_dir {folder}: not writable ({exc.strerror or exc})") from None
+
+
+class MetricsWriter:
+    """metrics.jsonl plus TensorBoard event files in the run folder (rank 0 only)."""
+
+    def __init__(self, folder: Path, enabled: bool):
+        self.enabled = enabled
+        self.tb = None
+        self.fh = None
+        if enabled:
+            self.fh = open(folder / "metrics.jsonl", "a", encoding="utf-8")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(folder / "tensorboard"))
+            except Exception as exc:  # tensorboard missing or broken: JSON lines still work
+                log.warning("TensorBoard logging disabled: %s", exc)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.fh.write(json.dumps({"step": step, **values}) + "\n")
+        self.fh.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.fh:
+            self.fh.close()
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    export_dir: Path | None = None
+    report: dict[str, Any] | None = None
+
+
+class Trainer:
+    """The RATS recipe: ``setup()``, ``train()``, ``save_checkpoint()``, ``cleanup()``."""
+
+    def __init__(self, cfg: RatsConfig):
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir).expanduser().resolve()
+        self.dist: DistInfo | None = None
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self._stop_signal: int | None = None
+        self._old_handlers: dict[int, Any] = {}
+        self.lock: RunLock | None = None
+        self.metrics: MetricsWriter | None = None
+        self.timings: dict[str, float] = {}
+        self.base_state: dict[str, torch.Tensor] | None = None
+
+    # -- setup
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.dist = setup(cfg.train.device)
+        d = self.dist
+        if cfg.train.batch_size <= 0:
+            raise ConfigError("train.batch_size must be positive")
+        if d.is_main:
+            _check_writable(self.output_dir)
+            self.lock = RunLock(self.output_dir)
+            self.lock.acquire()
+        barrier()
+
+        resume_from = self._resume_target()
+        torch.manual_seed(cfg.seed)
+        self.components = build_components(cfg)
+        c = self.components
+        self.backbone = c.backbone
+        device = d.device
+        self.rewards = c.rewards.to(device)
+
+        student = self.backbone.denoiser
+        if cfg.student.lora is not None:
+            student = apply_lora(student, cfg.student.lora, list(getattr(self.backbone, "lora_target_modules", [])))
+            self.backbone.denoiser = student
+        else:
+            student.requires_grad_(True)
+        student.to(device)
+        student.train()
+        self.trainable_names = [n for n, p in student.named_parameters() if p.requires_grad]
+        if not self.trainable_names:
+            raise ConfigError("the student has no trainable parameters")
+        self.teacher = Teacher(student, kind=cfg.teacher.kind, decay=cfg.teacher.ema_decay)
+
+        self.prompts = load_prompts(cfg.data.prompts, cfg.base_dir, "data.prompts")
+        self.global_batch = cfg.train.batch_size * d.world_size
+        self.sampler = PromptSampler(self.prompts, cfg.seed, self.global_batch)
+        self.objective = RatsObjective(
+            self.backbone,
+            self.rewards,
+            c.gate,
+            c.horizons,
+            ObjectiveSettings.from_config(cfg),
+            gate_name=cfg.gate.name,
+            horizons_name=cfg.horizons.name,
+        )
+        if not self.objective.schedules.exact:
+            log.warning("teacher σ's do not contain every student σ (teacher.alignment=nearest)")
+
+        import deepspeed
+
+        params = [p for p in student.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.train.lr, betas=cfg.train.adam_betas, weight_decay=cfg.train.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        ds_config = deepspeed_config(cfg, d.world_size)
+        self.zero_stage = int(ds_config["zero_optimization"].get("stage", 0))
+        _quiet_deepspeed_logs()
+        try:
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=student, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, model_parameters=params
+            )
+        except (ValueError, AssertionError) as exc:
+            raise ConfigError(f"deepspeed: {exc}") from None
+        self.student = self.engine.module
+        # The teacher stays in float32 even for bf16 runs: EMA updates of (1 − μ)·Δ vanish in bf16.
+        self.teacher.module.to(device)
+
+        if cfg.eval.at_end:
+            self._keep_base_weights()
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        if d.is_main:
+            self._write_run_files()
+            self.metrics = MetricsWriter(self.output_dir, enabled=True)
+        self._install_signal_handlers()
+
+    def _keep_base_weights(self) -> None:
+        """The base model's trainable weights, for the report's "base" rows; stored once per run
+        folder so a resumed run still compares against the true base."""
+        path = self.output_dir / "base.safetensors"
+        if path.is_file():
+            self.base_state = ckpt.load_tensor_file(path)
+            return
+        self.base_state = self.student_state()
+        if self.dist.is_main:
+            tmp = path.with_name(".base.safetensors.tmp")
+            ckpt.save_tensor_file(self.base_state, tmp)
+            os.replace(tmp, path)
+
+    def _resume_target(self) -> Path | None:
+        mode = self.cfg.train.resume
+        latest = ckpt.latest_checkpoint(self.output_dir)
+        if mode == "auto":
+            return latest
+        if mode == "never":
+            if latest is not None:
+                raise ConfigError(
+                    f"output_dir {self.output_dir} already holds checkpoints (latest {latest.name}); "
+                    "use train.resume=auto to continue it, or choose another output_dir=..."
+                )
+            return None
+        path = self.cfg.resolve_path(mode) if not os.path.isabs(mode) else Path(mode)
+        if not path.is_dir() or not (path / "state.json").is_file():
+            raise ConfigError(f"train.resume: {path} is not a rats checkpoint folder (expected state.json inside)")
+        return path
+
+    def _write_run_files(self) -> None:
+        resolved = self.cfg.to_dict()
+        text = "# resolved configuration of this run; rerun with: rats-run config.yaml\n" + yaml.safe_dump(
+            resolved, sort_keys=False
+        )
+        tmp = self.output_dir / ".config.yaml.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.output_dir / "config.yaml")
+
+    # -- signals
+
+    def _install_signal_handlers(self) -> None:
+        if threading_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old_handlers[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None:  # second signal: stop now
+            signal.signal(signum, self._old_handlers.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        if self.dist is None or self.dist.is_main:
+            print(
+                f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step, then stopping "
+                "(send it again to stop at once)",
+                file=sys.stderr,
+            )
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers.clear()
+
+    # -- training
+
+    def train(self) -> TrainResult:
+        cfg = self.cfg
+        d = self.dist
+        assert d is not None
+        total = cfg.train.steps
+        progress = None
+        if d.is_main and cfg.train.progress and self.step < total:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=total, initial=self.step, desc="rats", unit="step", dynamic_ncols=True)
+        last_saved = self.step
+        try:
+            while self.step < total:
+                if any_rank(self._stop_signal is not None, d.device):
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(
+                        f"interrupted at step {self.step}/{total}; checkpoint saved in "
+                        f"{ckpt.checkpoint_dir(self.output_dir) / ckpt.step_name(self.step)}. "
+                        "Run the same command again to resume."
+                    )
+                values = self.train_step()
+                self.step += 1
+                if self.step % cfg.train.log_every == 0 or self.step == total:
+                    self.history.append({"step": self.step, **values})
+                    if self.metrics is not None:
+                        self.metrics.write(self.step, values)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(
+                        loss=f"{values['loss']:.4g}",
+                        R_S=f"{values['reward_student']:.4g}",
+                        R_T=f"{values['reward_teacher']:.4g}",
+                        gate=f"{values['gate_mean']:.2f}",
+                    )
+                if cfg.eval.every and self.step % cfg.eval.every == 0:
+                    self.periodic_eval()
+                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < total:
+                    self.save_checkpoint()
+                    last_saved = self.step
+            if last_saved != self.step or not ckpt.list_checkpoints(self.output_dir):
+                self.save_checkpoint()
+        finally:
+            if progress is not None:
+                progress.close()
+        return TrainResult(self.output_dir, self.step, self.history)
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        d = self.dist
+        accum = cfg.train.gradient_accumulation
+        sums: dict[str, torch.Tensor] = {}
+        t0 = time.perf_counter()
+        for micro in range(accum):
+            index = self.step * accum + micro
+            prompts = self.sampler.batch(index, d.rank, d.world_size)
+            noise = batch_noise(
+                self.backbone, cfg.seed, index, self.global_batch, d.rank, cfg.train.batch_size
+            ).to(d.device)
+            try:
+                loss, metrics = self.objective(self.engine, self.teacher.module, prompts, noise)
+            except RatsError:
+                raise
+            bad = any_rank(not bool(torch.isfinite(loss)), d.device)
+            if bad:
+                latest = ckpt.latest_checkpoint(self.output_dir)
+                kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint had been saved yet"
+                raise TrainingError(
+                    f"the loss became non-finite ({loss.item()}) at step {self.step + 1}; stopping without saving, "
+                    f"{kept}. Lower train.lr, check the rewards' scales, or try train.precision=fp32."
+                )
+            self.engine.backward(loss)
+            self.engine.step()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0) + v.detach().float()
+        self.teacher_update()
+        values = {}
+        for k, v in sums.items():
+            values[k] = float(all_reduce_mean(v / accum).item())
+        values["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        values["step_time"] = time.perf_counter() - t0
+        return values
+
+    def teacher_update(self) -> None:
+        if self.teacher.kind != "ema":
+            return
+        if self.zero_stage == 3:
+            import deepspeed
+
+            params = [p for n, p in self.student.named_parameters() if p.requires_grad]
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                self.teacher.update(self.student)
+        else:
+            self.teacher.update(self.student)
+
+    def periodic_eval(self) -> None:
+        from .evaluate import training_eval
+
+        values = training_eval(self)
+        if values and self.metrics is not None:
+            self.metrics.write(self.step, values)
+            self.history.append({"step": self.step, **values})
+
+    # -- checkpoints
+
+    def student_state(self) -> dict[str, torch.Tensor]:
+        params = dict(self.student.named_parameters())
+        names = self.trainable_names
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([params[n] for n in names], modifier_rank=None):
+                return {n: params[n].detach().clone().cpu() for n in names}
+        return {n: params[n].detach().clone().cpu() for n in names}
+
+    def save_checkpoint(self) -> Path:
+        d = self.dist
+        tmp = None
+        if d.is_main:
+            tmp = ckpt.begin_save(self.output_dir, self.step)
+        barrier()
+        tmp = ckpt.checkpoint_dir(self.output_dir) / f".tmp_{ckpt.step_name(self.step)}"
+        student = self.student_state()
+        opt_state = {
+            "optimizer": ckpt.plain_state(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+        }
+        ckpt.save_torch_plain(opt_state, tmp / "optimizer" / f"rank_{d.rank:05d}.pt")
+        if d.is_main:
+            ckpt.save_tensor_file(student, tmp / "student.safetensors")
+            ckpt.save_tensor_file(self.teacher.state_dict(), tmp / "teacher.safetensors")
+            state = {
+                "step": self.step,
+                "world_size": d.world_size,
+                "zero_stage": self.zero_stage,
+                "trainable": self.trainable_names,
+                "backbone": self.cfg.backbone.name,
+                "lora": self.cfg.student.lora is not None,
+                "student_steps": self.cfg.student.steps,
+            }
+            (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        barrier()
+        final = ckpt.checkpoint_dir(self.output_dir) / ckpt.step_name(self.step)
+        if d.is_main:
+            final = ckpt.commit_save(tmp, self.output_dir, self.step, self.cfg.train.keep_checkpoints)
+        barrier()
+        return final
+
+    def load_checkpoint(self, folder: Path) -> None:
+        state = ckpt.read_state(folder)
+        if state.get("trainable") != self.trainable_names:
+            raise CheckpointError(
+                f"{folder}: trained a different set of parameters (backbone or LoRA settings changed); "
+                "resume with the config it was written with, or start a new output_dir"
+            )
+        if state.get("world_size") != self.dist.world_size:
+            raise CheckpointError(
+                f"{folder}: written by {state.get('world_size')} ranks, now {self.dist.world_size}; "
+                "resume with the same number of processes"
+            )
+        student = ckpt.load_tensor_file(folder / "student.safetensors")
+        params = dict(self.student.named_parameters())
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([params[n] for n in self.trainable_names], modifier_rank=0):
+                if self.dist.is_main:
+                    ckpt.load_into(self.student, student, folder / "student.safetensors", self.trainable_names)
+        else:
+            ckpt.load_into(self.student, student, folder / "student.safetensors", self.trainable_names)
+        teacher = ckpt.load_tensor_file(folder / "teacher.safetensors")
+        try:
+            self.teacher.load_state_dict(teacher)
+        except KeyError as exc:
+            raise CheckpointError(f"{folder}/teacher.safetensors: {exc}") from None
+        opt = ckpt.load_torch_plain(folder / "optimizer" / f"rank_{self.dist.rank:05d}.pt")
+        if not isinstance(opt, dict) or "optimizer" not in opt:
+            raise CheckpointError(f"{folder}: optimizer state is malformed")
+        live = self.optimizer.state_dict()
+        merged = ckpt.restore_state(opt["optimizer"], live)
+        if self.zero_stage in (1, 2, 3):
+            self.optimizer.load_state_dict([merged], load_optimizer_states=True, load_from_fp32_weights=True)
+        else:
+            self.optimizer.load_state_dict(merged)
+        if self.scheduler is not None and opt.get("scheduler"):
+            self.scheduler.load_state_dict(opt["scheduler"])
+        self.step = int(state["step"])
+        if self.dist.is_main:
+            print(f"resumed from {folder} (step {self.step})", file=sys.stderr)
+
+    # -- end of run
+
+    def export(self) -> Path | None:
+        if not self.cfg.train.export or not self.dist.is_main:
+            return None
+        target = self.output_dir / ("export_lora" if self.cfg.student.lora is not None else "export")
+        tmp = target.with_name(f".{target.name}.tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        self.backbone.export(
+            self.student, tmp, steps=self.cfg.student.steps, lora_only=self.cfg.student.lora is not None
+        )
+        if target.exists():
+            import shutil
+
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        return target
+
+    def cleanup(self) -> None:
+        self._restore_signal_handlers()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _quiet_deepspeed_logs() -> None:
+    try:
+        from deepspeed.utils import logger as ds_logger
+
+        ds_logger.setLevel(logging.WARNING)
+    except Exception:  # pragma: no cover
+        pass
+
+
+def train(cfg: RatsConfig) -> TrainResult:
+    """Train the student for ``cfg``; export it and write the report when done."""
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+        result = trainer.train()
+        result.export_dir = trainer.export()
+        if cfg.eval.at_end:
+            from .evaluate import end_of_run_report
+
+            result.report = end_of_run_report(trainer)
+        if trainer.dist.is_main:
+            print(f"done: {result.steps} steps; run folder {trainer.output_dir}", file=sys.stderr)
+        return result
+    finally:
+        trainer.cleanup()
