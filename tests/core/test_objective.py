@@ -1,0 +1,208 @@
+"""The RATS objective (rats_core/objective.py): ``L = mean_i(−β·R_S(i) + α·g(i)·L_shape(i))``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rats_core.errors import PluginError
+from rats_core.objective import ObjectiveSettings, RatsObjective
+from rats_core.rewards import RewardSet, WeightedReward
+from rats_core.shaping import horizon_distance
+from rats_core.teacher import Teacher
+from rats_plugins.gates import constant, sigmoid
+from rats_plugins.horizons import all_steps, explicit
+from rats_plugins.toy import Brightness, Smoothness, ToyBackbone
+
+PROMPTS = ["a red cat", "a blue dog", "a green tree"]
+
+
+def _rewards():
+    return RewardSet([
+        WeightedReward("toy-brightness", Brightness(0.7), weight=1.0),
+        WeightedReward("toy-smoothness", Smoothness(), weight=0.5, normalize="fixed", mean=-0.1, std=0.2),
+    ])
+
+
+def _setup(interp="flow", gate=None, horizons=None, **settings):
+    b = ToyBackbone(interpolation=interp)
+    student = b.denoiser
+    teacher = Teacher(student).module
+    with torch.no_grad():  # let the student drift from its teacher so every term is non-trivial
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    s = ObjectiveSettings(**{"student_steps": 3, "teacher_steps": 12, "alpha": 2.0, "beta": 0.7, **settings})
+    obj = RatsObjective(b, _rewards(), gate or sigmoid(tau=0.05), horizons or all_steps("late"), s)
+    noise = torch.randn(b.latent_shape(len(PROMPTS)))
+    return b, student, teacher, obj, noise
+
+
+@pytest.mark.parametrize("interp", ["ve", "flow"])
+def test_loss_recomputed_from_the_pieces(interp):
+    b, student, teacher, obj, noise = _setup(interp)
+    loss, metrics = obj(student, teacher, PROMPTS, noise)
+
+    cond = b.encode_prompts(PROMPTS)
+    t = obj.teacher_rollout(teacher, noise, cond, PROMPTS)
+    s = obj.student_rollout(student, noise, cond)
+    r_s, parts = obj.rewards(b.decode(s.final), PROMPTS)
+    g = obj.gate_values(t.reward, r_s)
+    # L_shape by hand: the "late" weights are 1, 2, 3 over the student's 3 steps
+    d = [horizon_distance(s.x0[k], t.x0[k], 1.0, 1.0) for k in range(3)]
+    l_shape = (1 * d[0] + 2 * d[1] + 3 * d[2]) / 6
+    expected = (-0.7 * r_s + 2.0 * g * l_shape).mean()
+
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert loss.requires_grad and loss.shape == ()
+    assert metrics["loss"].item() == pytest.approx(loss.item(), abs=1e-6)
+    assert metrics["reward_student"].item() == pytest.approx(r_s.mean().item(), abs=1e-6)
+    assert metrics["reward_teacher"].item() == pytest.approx(t.reward.mean().item(), abs=1e-6)
+    assert metrics["gate_mean"].item() == pytest.approx(g.mean().item(), abs=1e-6)
+    assert metrics["shape_loss"].item() == pytest.approx(l_shape.mean().item(), abs=1e-6)
+    assert metrics["student_wins"].item() == pytest.approx((r_s > t.reward).float().mean().item())
+    # the combined reward is the weighted sum of the parts (smoothness normalised)
+    combined = parts["toy-brightness"] + 0.5 * (parts["toy-smoothness"] + 0.1) / 0.2
+    assert torch.allclose(r_s, combined, atol=1e-6)
+    for side in ("student", "teacher"):
+        for name in ("toy-brightness", "toy-smoothness"):
+            assert f"reward_{side}/{name}" in metrics
+    assert all(not v.requires_grad and v.dim() == 0 for v in metrics.values())
+
+
+def test_first_horizon_distance_is_zero_when_teacher_equals_student():
+    """Same weights, same noise, same σ_0: the step-0 predictions are identical."""
+    b = ToyBackbone()
+    teacher = Teacher(b.denoiser).module
+    obj = RatsObjective(b, _rewards(), sigmoid(), explicit(steps=[0]),
+                        ObjectiveSettings(student_steps=2, teacher_steps=10))
+    noise = torch.randn(b.latent_shape(2))
+    _, metrics = obj(b.denoiser, teacher, PROMPTS[:2], noise)
+    assert metrics["shape_loss"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_alpha_zero_or_gate_zero_is_reward_only_training():
+    b, student, teacher, obj, noise = _setup(alpha=0.0)
+    loss, metrics = obj(student, teacher, PROMPTS, noise)
+    assert metrics["shape_loss"].item() == 0.0
+    assert loss.item() == pytest.approx(-0.7 * metrics["reward_student"].item(), abs=1e-6)
+
+    b, student, teacher, obj, noise = _setup(gate=constant(c=0.0))
+    loss, metrics = obj(student, teacher, PROMPTS, noise)
+    assert metrics["gate_mean"].item() == 0.0 and metrics["shape_loss"].item() > 0
+    assert loss.item() == pytest.approx(-0.7 * metrics["reward_student"].item(), abs=1e-6)
+
+
+def test_precomputed_teacher_output_gives_the_same_loss():
+    b, student, teacher, obj, noise = _setup()
+    loss, _ = obj(student, teacher, PROMPTS, noise)
+    t = obj.teacher_rollout(teacher, noise, b.encode_prompts(PROMPTS), PROMPTS)
+    loss2, _ = obj(student, None, PROMPTS, noise, teacher_out=t)
+    assert torch.allclose(loss, loss2)
+
+
+def test_teacher_receives_no_gradient_student_does():
+    b, student, teacher, obj, noise = _setup()
+    loss, _ = obj(student, teacher, PROMPTS, noise)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())
+
+
+# ----------------------------------------------------------------------------- the gate is not differentiated
+
+
+class _TwoFacedReward:
+    """Returns fixed teacher scores for the teacher's (no-grad) images, and a leaf tensor we can
+    differentiate against — tied to the images with a zero weight — for the student's."""
+
+    def __init__(self, r_t, r_s_leaf):
+        self.r_t, self.r_s = r_t, r_s_leaf
+
+    def __call__(self, images, prompts):
+        if images.requires_grad:
+            return self.r_s + 0.0 * images.mean(dim=(1, 2, 3))
+        return self.r_t.clone()
+
+
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+def test_no_gradient_flows_through_the_gate(tau):
+    """dL/dR_S = −β/B exactly. A gate in the graph would add α·L_shape·∂g/∂R_S / B ≠ 0."""
+    b = ToyBackbone()
+    alpha, beta, batch = 3.0, 0.7, 3
+    r_t = torch.tensor([0.5, 0.0, -0.5])
+    r_s = torch.tensor([0.0, 0.0, 0.0], requires_grad=True)
+    rewards = RewardSet([WeightedReward("two-faced", _TwoFacedReward(r_t, r_s))])
+    obj = RatsObjective(b, rewards, sigmoid(tau=tau), all_steps(),
+                        ObjectiveSettings(student_steps=2, teacher_steps=6, alpha=alpha, beta=beta))
+    teacher = Teacher(b.denoiser).module
+    with torch.no_grad():
+        for p in b.denoiser.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    loss, metrics = obj(b.denoiser, teacher, PROMPTS, torch.randn(b.latent_shape(batch)))
+    assert metrics["shape_loss"] > 0  # so a gate gradient would not vanish
+    (grad,) = torch.autograd.grad(loss, r_s)
+    assert torch.allclose(grad, torch.full((batch,), -beta / batch), atol=1e-7)
+
+
+def test_gate_values_are_detached_even_for_a_differentiable_gate():
+    b, *_ , obj, _ = _setup()
+    r_t = torch.tensor([1.0, 0.0], requires_grad=True)
+    r_s = torch.tensor([0.0, 1.0], requires_grad=True)
+    g = obj.gate_values(r_t, r_s)
+    assert not g.requires_grad and g.grad_fn is None
+    assert g.tolist() == pytest.approx(torch.sigmoid(torch.tensor([1.0, -1.0]) / 0.05).tolist())
+
+
+@pytest.mark.parametrize(
+    "gate, match",
+    [
+        (lambda r_t, r_s: [0.5] * len(r_t), "returned list"),
+        (lambda r_t, r_s: torch.zeros(len(r_t), 1), r"returned \(3, 1\), expected shape \(3,\)"),
+        (lambda r_t, r_s: torch.full_like(r_t, 1.5), r"outside \[0, 1\]"),
+        (lambda r_t, r_s: torch.full_like(r_t, float("nan")), r"outside \[0, 1\]"),
+        (lambda r_t, r_s: 1 / 0, "raised ZeroDivisionError"),
+    ],
+)
+def test_gate_contract_violations_name_the_gate(gate, match):
+    b = ToyBackbone()
+    obj = RatsObjective(b, _rewards(), gate, all_steps(), ObjectiveSettings(student_steps=2, teacher_steps=4),
+                        gate_name="my-gate")
+    with pytest.raises(PluginError, match=match) as exc:
+        obj.gate_values(torch.zeros(3), torch.zeros(3))
+    assert "gate 'my-gate'" in str(exc.value)
+
+
+def test_horizon_plugin_errors_name_the_plugin():
+    b = ToyBackbone()
+    settings = ObjectiveSettings(student_steps=2, teacher_steps=4)
+    with pytest.raises(PluginError, match="horizon schedule 'bad' raised KeyError"):
+        RatsObjective(b, _rewards(), sigmoid(), lambda s: {}["x"], settings, horizons_name="bad")
+    with pytest.raises(PluginError, match="horizon schedule 'bad' returned steps"):
+        RatsObjective(b, _rewards(), sigmoid(), lambda s: [(5, 1.0)], settings, horizons_name="bad")
+
+
+def test_nearest_alignment_with_two_student_steps_on_one_teacher_step():
+    """Regression: with `nearest`, student σ's 1.0 and 0.95 both match teacher step 0; each
+    horizon still gets the teacher's prediction (was a KeyError)."""
+
+    class Coarse(ToyBackbone):
+        def sigmas(self, n):
+            return {2: torch.tensor([1.0, 0.95, 0.0]), 3: torch.tensor([1.0, 0.5, 0.25, 0.0])}[n]
+
+    b = Coarse()
+    obj = RatsObjective(b, _rewards(), sigmoid(), all_steps(),
+                        ObjectiveSettings(student_steps=2, teacher_steps=3, alignment="nearest"))
+    assert obj.schedules.teacher_index == (0, 0)
+    noise = torch.randn(b.latent_shape(2))
+    t = obj.teacher_rollout(b.denoiser, noise, b.encode_prompts(PROMPTS[:2]), PROMPTS[:2])
+    assert sorted(t.x0) == [0, 1] and torch.equal(t.x0[0], t.x0[1])
+    loss, _ = obj(b.denoiser, b.denoiser, PROMPTS[:2], noise)
+    assert torch.isfinite(loss)
+
+
+def test_settings_from_config(toy_config):
+    from rats_core.config import load_config
+
+    cfg = load_config(toy_config, ["loss.alpha=0.5", "student.grad_steps=2", "teacher.alignment=nearest"])
+    s = ObjectiveSettings.from_config(cfg)
+    assert (s.student_steps, s.teacher_steps, s.grad_steps, s.alpha, s.alignment) == (2, 8, 2, 0.5, "nearest")

@@ -1,0 +1,129 @@
+"""The EMA / frozen teacher (rats_core/teacher.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rats_core.teacher import Teacher, ema_update, make_teacher
+
+
+def test_ema_update_by_hand():
+    t = [torch.tensor([1.0, 2.0]), torch.tensor([[0.0]])]
+    s = [torch.tensor([3.0, 6.0]), torch.tensor([[10.0]])]
+    ema_update(t, s, decay=0.9)
+    assert t[0].tolist() == pytest.approx([1.2, 2.4])  # 0.9·1 + 0.1·3, 0.9·2 + 0.1·6
+    assert t[1].item() == pytest.approx(1.0)
+    ema_update(t, s, decay=0.9)
+    assert t[0].tolist() == pytest.approx([0.9 * 1.2 + 0.3, 0.9 * 2.4 + 0.6])
+    assert s[0].tolist() == [3.0, 6.0]  # the student is not touched
+
+
+def test_ema_update_extremes_and_low_precision():
+    t, s = [torch.tensor([1.0])], [torch.tensor([5.0])]
+    ema_update(t, s, decay=1.0)
+    assert t[0].item() == 1.0
+    ema_update(t, s, decay=0.0)
+    assert t[0].item() == 5.0
+    tb = [torch.tensor([1.0], dtype=torch.bfloat16)]
+    ema_update(tb, [torch.tensor([3.0])], decay=0.5)
+    assert tb[0].dtype == torch.bfloat16 and tb[0].item() == 2.0
+
+
+def test_ema_update_works_on_parameters_that_require_grad():
+    t = [nn.Parameter(torch.tensor([1.0]))]
+    s = [nn.Parameter(torch.tensor([3.0]))]
+    ema_update(t, s, decay=0.5)
+    assert t[0].item() == 2.0 and t[0].grad_fn is None
+
+
+def test_ema_update_length_mismatch():
+    with pytest.raises(ValueError, match="2 teacher and 1 student"):
+        ema_update([torch.zeros(1), torch.zeros(1)], [torch.zeros(1)], 0.9)
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def _shift(module, value):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(value)
+
+
+def test_make_teacher_is_an_independent_frozen_copy():
+    student = _net().train()
+    teacher = make_teacher(student)
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in student.parameters()) and student.training
+    _shift(student, 1.0)
+    assert not torch.equal(teacher[0].weight, student[0].weight)
+
+
+def test_ema_teacher_tracks_the_student():
+    student = _net()
+    teacher = Teacher(student, kind="ema", decay=0.75)
+    before = {n: p.detach().clone() for n, p in teacher.module.named_parameters()}
+    _shift(student, 1.0)
+    teacher.update(student)
+    for n, p in teacher.module.named_parameters():
+        assert torch.allclose(p, before[n] + 0.25), n  # 0.75·θ + 0.25·(θ + 1)
+
+
+def test_frozen_teacher_never_moves():
+    student = _net()
+    teacher = Teacher(student, kind="frozen", decay=0.0)
+    before = {n: p.detach().clone() for n, p in teacher.module.named_parameters()}
+    _shift(student, 1.0)
+    teacher.update(student)
+    for n, p in teacher.module.named_parameters():
+        assert torch.equal(p, before[n])
+
+
+def test_only_trainable_parameters_are_tracked():
+    """LoRA-like: the base weights are frozen in the student, only adapters train."""
+    student = _net()
+    student[0].weight.requires_grad_(False)
+    student[2].requires_grad_(False)
+    teacher = Teacher(student, kind="ema", decay=0.5)
+    assert teacher.names == ["0.bias"]
+    assert list(teacher.state_dict()) == ["0.bias"]
+    frozen_before = teacher.module[0].weight.detach().clone()
+    bias_before = teacher.module[0].bias.detach().clone()
+    _shift(student, 2.0)  # even if frozen student weights change, the teacher only follows the trained ones
+    teacher.update(student)
+    assert torch.equal(teacher.module[0].weight, frozen_before)
+    assert torch.allclose(teacher.module[0].bias, bias_before + 1.0)
+
+
+def test_state_dict_round_trip():
+    student = _net()
+    a = Teacher(student, kind="ema", decay=0.5)
+    _shift(student, 1.0)
+    a.update(student)
+    saved = {k: v.clone() for k, v in a.state_dict().items()}
+    assert all(not v.requires_grad for v in a.state_dict().values())
+
+    b = Teacher(_net(), kind="ema", decay=0.5)  # a fresh run resuming from `saved`
+    assert not torch.equal(b.module[0].weight, a.module[0].weight)
+    b.load_state_dict(saved)
+    for n in a.names:
+        assert torch.equal(dict(b.module.named_parameters())[n], dict(a.module.named_parameters())[n])
+
+    with pytest.raises(KeyError, match="0.weight"):
+        b.load_state_dict({k: v for k, v in saved.items() if k != "0.weight"})
+
+
+def test_load_state_dict_casts_to_the_teacher_dtype():
+    student = _net().to(torch.bfloat16)
+    t = Teacher(student)
+    t.load_state_dict({n: torch.ones_like(p, dtype=torch.float32) for n, p in student.named_parameters()})
+    assert all(p.dtype == torch.bfloat16 and torch.all(p == 1) for p in t.module.parameters())
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError, match="'ema' or 'frozen'"):
+        Teacher(_net(), kind="average")
