@@ -71,7 +71,19 @@ def rollout(
 
 
 def _predict(backbone: Backbone, denoiser: nn.Module, x: Tensor, sigma: Tensor, cond: Any, guidance_scale: float) -> Tensor:
+    dtype = _param_dtype(denoiser)
+    if dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(x.device.type):
+        # A low-precision network (e.g. DeepSpeed bf16) sees float32 latents and text features:
+        # autocast casts them at each op, so backbones need no dtype plumbing of their own.
+        with torch.autocast(x.device.type, dtype=dtype):
+            return backbone.predict_x0(denoiser, x, sigma, cond, guidance_scale=guidance_scale).to(x.dtype)
     return backbone.predict_x0(denoiser, x, sigma, cond, guidance_scale=guidance_scale)
+
+
+def _param_dtype(module: nn.Module) -> torch.dtype | None:
+    for p in module.parameters():
+        return p.dtype
+    return None
 
 
 @torch.no_grad()

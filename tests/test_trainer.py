@@ -1,0 +1,307 @@
+"""The DeepSpeed training loop on the toy backbone: ZeRO stages, resume, interruptions, safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from rats_core import checkpoint as ckpt
+from rats_core.cli import main
+from rats_core.config import load_config
+from rats_core.errors import CheckpointError, ConfigError, PluginError, TrainingError
+from rats_core.trainer import Trainer, TrainingInterrupted, train
+
+BASE = {
+    "seed": 0,
+    "backbone": {"name": "toy"},
+    "student": {"steps": 2, "grad_steps": 1},
+    "teacher": {"kind": "ema", "steps": 12, "ema_decay": 0.9},
+    "rewards": [{"name": "toy-brightness", "weight": 10.0}],
+    "gate": {"name": "sigmoid", "tau": 0.05},
+    "horizons": {"name": "all"},
+    "train": {"steps": 6, "batch_size": 4, "lr": 0.01, "checkpoint_every": 3, "progress": False},
+    "data": {"prompts": ["a cat", "a dog", "a bird", "a fish", "a cow"]},
+    "eval": {"at_end": False},
+}
+
+
+def write_config(tmp_path: Path, name: str = "cfg.yaml", **sections) -> Path:
+    data = json.loads(json.dumps(BASE))
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    data.setdefault("output_dir", str(tmp_path / "run"))
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run(path: Path, *overrides: str):
+    return train(load_config(path, list(overrides)))
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_student(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(run_dir) / "checkpoints" / ckpt.step_name(step) / "student.safetensors"))
+
+
+def test_run_writes_a_complete_run_folder(tmp_path):
+    cfg = write_config(tmp_path)
+    result = run(cfg)
+    out = tmp_path / "run"
+    assert result.steps == 6
+    assert (out / "config.yaml").is_file()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    for key in ("loss", "reward_student", "reward_teacher", "gate_mean", "shape_loss", "student_wins", "lr"):
+        assert all(key in r for r in rows)
+    assert any((out / "tensorboard").iterdir())
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [3, 6]
+    # weights changed, and the teacher moved towards the student (EMA)
+    base = result and final_student(out, 3)
+    end = final_student(out, 6)
+    assert any(not torch.equal(base[k], end[k]) for k in end)
+    assert (out / "export" / "denoiser.safetensors").is_file()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_stages_match_stage_0(tmp_path, stage):
+    ref = write_config(tmp_path, "ref.yaml", output_dir=str(tmp_path / "z0"))
+    run(ref)
+    other = write_config(tmp_path, "z.yaml", output_dir=str(tmp_path / f"z{stage}"),
+                         deepspeed={"zero_optimization": {"stage": stage}})
+    run(other)
+    assert losses(tmp_path / f"z{stage}") == pytest.approx(losses(tmp_path / "z0"), rel=1e-6, abs=1e-7)
+    a, b = final_student(tmp_path / "z0", 6), final_student(tmp_path / f"z{stage}", 6)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_resume_equals_uninterrupted_run(tmp_path, stage):
+    ds = {"zero_optimization": {"stage": stage}}
+    full = write_config(tmp_path, "full.yaml", output_dir=str(tmp_path / "full"), deepspeed=ds)
+    run(full)
+    half = write_config(tmp_path, "half.yaml", output_dir=str(tmp_path / "half"), deepspeed=ds)
+    run(half, "train.steps=3")
+    run(half)  # train.resume defaults to auto
+    assert losses(tmp_path / "half") == losses(tmp_path / "full")
+    a, b = final_student(tmp_path / "full", 6), final_student(tmp_path / "half", 6)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ta = load_file(str(tmp_path / "full/checkpoints" / ckpt.step_name(6) / "teacher.safetensors"))
+    tb = load_file(str(tmp_path / "half/checkpoints" / ckpt.step_name(6) / "teacher.safetensors"))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_kill_during_save_leaves_previous_checkpoint_usable(tmp_path, monkeypatch):
+    cfg = write_config(tmp_path, train={"steps": 6, "checkpoint_every": 2})
+    real = ckpt.save_tensor_file
+    calls = {"n": 0}
+
+    def dying_save(tensors, path):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the second checkpoint (step 4): die after its student file started
+            Path(path).write_bytes(b"partial")
+            raise KeyboardInterrupt("killed mid-save")
+        return real(tensors, path)
+
+    monkeypatch.setattr(ckpt, "save_tensor_file", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    out = tmp_path / "run"
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [2]  # the half-written step 4 is invisible
+    monkeypatch.setattr(ckpt, "save_tensor_file", real)
+    run(cfg)
+    ref = write_config(tmp_path, "ref.yaml", output_dir=str(tmp_path / "ref"), train={"steps": 6, "checkpoint_every": 2})
+    run(ref)
+    assert losses(tmp_path / "ref")[-1] == losses(out)[-1]
+    a, b = final_student(out, 6), final_student(tmp_path / "ref", 6)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_saves_and_resume_finishes_identically(tmp_path, monkeypatch):
+    cfg = write_config(tmp_path, train={"steps": 6, "checkpoint_every": 0})
+    original = Trainer.train_step
+
+    def step_then_signal(self):
+        values = original(self)
+        if self.step == 2:  # the 3rd step is under way when the signal arrives
+            os.kill(os.getpid(), signal.SIGTERM)
+        return values
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted) as info:
+        run(cfg)
+    assert "Run the same command again" in str(info.value)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [3]
+    assert signal.getsignal(signal.SIGTERM) is not None  # handlers restored
+    monkeypatch.setattr(Trainer, "train_step", original)
+    run(cfg)
+    ref = write_config(tmp_path, "ref.yaml", output_dir=str(tmp_path / "ref"), train={"steps": 6, "checkpoint_every": 0})
+    run(ref)
+    a, b = final_student(tmp_path / "run", 6), final_student(tmp_path / "ref", 6)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from rats_core.objective import RatsObjective
+
+    cfg = write_config(tmp_path, train={"steps": 6, "checkpoint_every": 2})
+    original = RatsObjective.__call__
+    count = {"n": 0}
+
+    def nan_at_5(self, *args, **kwargs):
+        loss, metrics = original(self, *args, **kwargs)
+        count["n"] += 1
+        return (loss * float("nan") if count["n"] == 5 else loss), metrics
+
+    monkeypatch.setattr(RatsObjective, "__call__", nan_at_5)
+    with pytest.raises(TrainingError, match="non-finite"):
+        run(cfg)
+    ckpts = ckpt.list_checkpoints(tmp_path / "run")
+    assert [s for s, _ in ckpts] == [2, 4]
+    assert all(torch.isfinite(v).all() for v in final_student(tmp_path / "run", 4).values())
+
+
+def test_reward_plugin_raising_mid_run_names_it(tmp_path, monkeypatch):
+    from rats_plugins import toy
+
+    calls = {"n": 0}
+    original = toy.Brightness.__call__
+
+    def flaky(self, images, prompts):
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise RuntimeError("GPU fell off")
+        return original(self, images, prompts)
+
+    monkeypatch.setattr(toy.Brightness, "__call__", flaky)
+    cfg = write_config(tmp_path, train={"steps": 6, "checkpoint_every": 2})
+    with pytest.raises(PluginError, match="toy-brightness.*GPU fell off"):
+        run(cfg)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [2]
+
+
+def test_lora_trains_only_adapters_and_exports_them(tmp_path):
+    cfg = write_config(tmp_path, student={"steps": 2, "lora": {"rank": 4, "alpha": 4}})
+    run(cfg)
+    state = json.loads((tmp_path / "run/checkpoints" / ckpt.step_name(6) / "state.json").read_text())
+    assert state["lora"] and state["trainable"] and all("lora_" in n for n in state["trainable"])
+    assert (tmp_path / "run" / "export_lora").is_dir()
+
+
+def test_bf16_run_is_finite(tmp_path):
+    cfg = write_config(tmp_path, train={"steps": 3, "precision": "bf16", "checkpoint_every": 0})
+    run(cfg)
+    assert all(torch.isfinite(torch.tensor(x)) for x in losses(tmp_path / "run"))
+
+
+def test_gradient_accumulation_and_schedule(tmp_path):
+    cfg = write_config(
+        tmp_path, train={"steps": 4, "gradient_accumulation": 2, "lr_scheduler": "cosine", "warmup_steps": 1,
+                         "checkpoint_every": 0}
+    )
+    run(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows]
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] < lrs[1]
+
+
+def test_resume_never_refuses_existing_checkpoints(tmp_path):
+    cfg = write_config(tmp_path, train={"steps": 2, "checkpoint_every": 0})
+    run(cfg)
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        run(cfg, "train.resume=never")
+
+
+def test_second_run_on_a_busy_output_dir_is_refused(tmp_path):
+    from rats_core.trainer import RunLock
+
+    out = tmp_path / "run"
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        cfg = write_config(tmp_path)
+        with pytest.raises(TrainingError, match="in use"):
+            run(cfg)
+    finally:
+        lock.release()
+    assert not (out / "checkpoints").exists()
+
+
+def test_pickle_with_code_in_a_checkpoint_is_refused_unrun(tmp_path):
+    cfg = write_config(tmp_path, train={"steps": 2, "checkpoint_every": 0})
+    run(cfg)
+    target = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {target}",))
+
+    opt = tmp_path / "run/checkpoints" / ckpt.step_name(2) / "optimizer" / "rank_00000.pt"
+    opt.write_bytes(pickle.dumps({"optimizer": Evil()}))
+    with pytest.raises(CheckpointError, match="refused"):
+        run(cfg, "train.steps=4")
+    assert not target.exists()
+
+
+def test_checkpoint_of_other_architecture_names_the_tensor(tmp_path):
+    cfg = write_config(tmp_path, train={"steps": 2, "checkpoint_every": 0})
+    run(cfg)
+    path = tmp_path / "run/checkpoints" / ckpt.step_name(2) / "student.safetensors"
+    state = load_file(str(path))
+    name = next(iter(state))
+    state[name] = torch.zeros(3, 3)
+    ckpt.save_tensor_file(state, path)
+    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+        run(cfg, "train.steps=4")
+
+
+def test_cli_user_errors_exit_2_without_traceback(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    assert main(["run", str(cfg), "gate.name=sigmod"]) == 2
+    err = capsys.readouterr().err
+    assert "sigmoid" in err and "Traceback" not in err
+    blocker = tmp_path / "a_file"  # a path under a regular file cannot be created, even by root
+    blocker.write_text("")
+    assert main(["run", str(cfg), f"output_dir={blocker}/run"]) == 2
+    err = capsys.readouterr().err
+    assert "not writable" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_two_processes_zero2_match_one_process(tmp_path):
+    """torchrun with 2 CPU ranks × batch 2 gives the losses of 1 rank × batch 4."""
+    one = write_config(tmp_path, "one.yaml", output_dir=str(tmp_path / "one"), deepspeed={"zero_optimization": {"stage": 2}})
+    run(one)
+    two = write_config(
+        tmp_path, "two.yaml", output_dir=str(tmp_path / "two"),
+        train={"batch_size": 2}, deepspeed={"zero_optimization": {"stage": 2}},
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "rats_core.cli", "run", str(two)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5, abs=1e-6)
+    a, b = final_student(tmp_path / "one", 6), final_student(tmp_path / "two", 6)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
