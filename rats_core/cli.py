@@ -80,6 +80,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 @command("run", "train: same as rats-run")
 @arg("config", help="experiment YAML")
 @arg("overrides", nargs="*", help="key.sub=value overrides (values parsed as YAML)")
+@arg("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import check_components, load_config
     from .trainer import train
@@ -137,6 +138,8 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rats-run", description="Train a few-step student with RATS.")
     parser.add_argument("config", help="experiment YAML, e.g. experiments/digits.yaml")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=10 gate.name=hard")
+    # the `deepspeed` launcher appends --local_rank=N; the rank is read from the environment instead
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     return _run_guarded(cmd_run, args)
 
