@@ -140,7 +140,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=10 gate.name=hard")
     # the `deepspeed` launcher appends --local_rank=N; the rank is read from the environment instead
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     return _run_guarded(cmd_run, args)
 
 
