@@ -82,13 +82,32 @@ def _try_register(pm: pluggy.PluginManager, name: str, load) -> None:
         pm.register(plugin, name=name)
     except Exception as exc:  # a broken plugin must not take the others down
         _load_errors[name] = f"failed to load: {type(exc).__name__}: {exc}"
+        return
+    unknown = _unknown_hooks(pm, plugin)
+    if unknown:
+        _load_errors[name] = unknown
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: object) -> str | None:
+    """pluggy silently accepts a hookimpl no spec matches (``register_gate`` for ``register_gates``):
+    the plugin would load and register nothing. Say so instead."""
+    names = sorted(hc.name for hc in pm.get_hookcallers(plugin) or [] if hc.spec is None)
+    if not names:
+        return None
+    known = ", ".join(f"register_{k}" for k in KINDS)
+    return f"implements unknown hook(s) {', '.join(names)}; the hooks are {known}"
 
 
 def register_plugin(plugin: ModuleType | object, name: str | None = None) -> None:
     """Register a plugin object at run time (tests, notebooks). Resets the registry."""
     global _registry
-    get_plugin_manager().register(plugin, name=name)
+    pm = get_plugin_manager()
+    pm.register(plugin, name=name)
     _registry = None
+    unknown = _unknown_hooks(pm, plugin)
+    if unknown:
+        pm.unregister(plugin)
+        raise PluginError(f"plugin {name or plugin!r} {unknown}")
 
 
 def unregister_plugin(name: str) -> None:
