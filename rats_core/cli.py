@@ -110,7 +110,7 @@ def _load_command_modules() -> None:
     """Subcommands defined in other modules register themselves on import."""
     import importlib
 
-    for mod in ("rats_core.evaluate", "rats_core.export"):
+    for mod in ("rats_core.evaluate", "rats_core.export", "rats_core.ablate"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
