@@ -136,6 +136,9 @@ class TrainConfig(_Strict):
     #: ``cpu`` or ``cuda``; default: cuda when available
     device: str | None = None
     progress: bool = True
+    #: log the wall time of each phase of a step (teacher/student rollout, reward, backward, optimizer,
+    #: EMA, logging) as time/<phase> metrics; adds device synchronisation, so off by default
+    profile: bool = False
     #: export the student at the end of training (a diffusers folder, or LoRA file for LoRA runs)
     export: bool = True
 

@@ -18,6 +18,7 @@ from .rewards import RewardSet
 from .rollout import rollout
 from .shaping import shape_loss, validate_horizons
 from .sigmas import align_schedules
+from .timing import PhaseTimer
 
 
 @dataclass
@@ -88,6 +89,8 @@ class RatsObjective:
             raise PluginError(f"horizon schedule '{horizons_name}' raised {type(exc).__name__}: {exc}") from exc
         self.horizons = validate_horizons(raw, settings.student_steps, horizons_name)
         self.horizon_steps = [k for k, w in self.horizons if w > 0]
+        #: set to an enabled PhaseTimer to time the phases of each call
+        self.timer = PhaseTimer(False)
 
     # -- pieces, public so benchmarks and tests can time and check them one by one
 
@@ -149,20 +152,25 @@ class RatsObjective:
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss (scalar, differentiable in the student) and detached per-batch metrics."""
         prompts = list(prompts)
+        timer = self.timer
         if cond is None:
-            with torch.no_grad():
+            with timer.phase("encode_prompts"), torch.no_grad():
                 cond = self.backbone.encode_prompts(prompts)
-        t = teacher_out if teacher_out is not None else self.teacher_rollout(teacher, noise, cond, prompts)
-        s = self.student_rollout(student, noise, cond)
-        images = self.backbone.decode(s.final)
-        r_s, parts_s = self.rewards(images, prompts)
-        g = self.gate_values(t.reward, r_s)
-        if self.s.alpha > 0:
-            l_shape = shape_loss(s.x0, t.x0, self.horizons, self.s.cosine_weight, self.s.l2_weight)
-        else:
-            l_shape = torch.zeros_like(r_s)
-        per_sample = -self.s.beta * r_s + self.s.alpha * g * l_shape
-        loss = per_sample.mean()
+        with timer.phase("teacher_rollout"):
+            t = teacher_out if teacher_out is not None else self.teacher_rollout(teacher, noise, cond, prompts)
+        with timer.phase("student_rollout"):
+            s = self.student_rollout(student, noise, cond)
+        with timer.phase("student_reward"):
+            images = self.backbone.decode(s.final)
+            r_s, parts_s = self.rewards(images, prompts)
+        with timer.phase("loss"):
+            g = self.gate_values(t.reward, r_s)
+            if self.s.alpha > 0:
+                l_shape = shape_loss(s.x0, t.x0, self.horizons, self.s.cosine_weight, self.s.l2_weight)
+            else:
+                l_shape = torch.zeros_like(r_s)
+            per_sample = -self.s.beta * r_s + self.s.alpha * g * l_shape
+            loss = per_sample.mean()
         metrics: dict[str, Tensor] = {
             "loss": loss.detach(),
             "reward_student": r_s.detach().mean(),

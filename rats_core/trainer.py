@@ -32,6 +32,7 @@ from .plugins import get_registry
 from .prompts import PromptSampler, load_prompts
 from .rewards import RewardSet, WeightedReward
 from .teacher import Teacher
+from .timing import PhaseTimer
 
 log = logging.getLogger("rats")
 
@@ -308,6 +309,8 @@ class Trainer:
             gate_name=cfg.gate.name,
             horizons_name=cfg.horizons.name,
         )
+        self.timer = PhaseTimer(cfg.train.profile, d.device)
+        self.objective.timer = self.timer
         if not self.objective.schedules.exact:
             log.warning("teacher σ's do not contain every student σ (teacher.alignment=nearest)")
 
@@ -476,15 +479,20 @@ class Trainer:
                     f"the loss became non-finite ({loss.item()}) at step {self.step + 1}; stopping without saving, "
                     f"{kept}. Lower train.lr, check the rewards' scales, or try train.precision=fp32."
                 )
-            self.engine.backward(loss)
-            self.engine.step()
+            with self.timer.phase("backward"):
+                self.engine.backward(loss)
+            with self.timer.phase("optimizer"):
+                self.engine.step()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
-        self.teacher_update()
-        values = {}
-        for k, v in sums.items():
-            values[k] = float(all_reduce_mean(v / accum).item())
-        values["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        with self.timer.phase("ema"):
+            self.teacher_update()
+        with self.timer.phase("logging"):
+            values = {}
+            for k, v in sums.items():
+                values[k] = float(all_reduce_mean(v / accum).item())
+            values["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        values.update(self.timer.pop())
         values["step_time"] = time.perf_counter() - t0
         return values
 
