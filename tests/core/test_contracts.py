@@ -1,0 +1,167 @@
+"""One contract test, parametrised over every registered component (composer-style).
+
+Whatever registers a gate, horizon schedule, reward, backbone or metric — a built-in or an installed
+third-party plugin — is built with its default options (or the example options in ``EXAMPLE_OPTIONS``)
+and checked against its protocol in rats_core/interfaces.py. A new plugin is tested the moment it
+registers. Components that cannot be built here (they need weights, or a required option with no
+example below) are skipped with the reason; their authors test them with tiny weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from functools import lru_cache
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from rats_core.errors import WeightsNotFoundError
+from rats_core.plugins import get_registry
+from rats_core.registry import KINDS
+from rats_core.shaping import validate_horizons
+from rats_core.sigmas import initial_latents
+
+#: (kind, name) -> options to build with, for components whose factories require options.
+EXAMPLE_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("horizons", "explicit"): {"steps": [0, -1], "weights": [0.5, 1.0]},
+}
+
+PROMPTS = ["a photo of a cat", "the digit 7"]
+
+
+def _cases() -> list:
+    try:
+        reg = get_registry()
+    except Exception as exc:  # e.g. a duplicate name: fail in a test, not at collection
+        return [pytest.param("registry", "error", id=f"registry-error-{type(exc).__name__}")]
+    return [pytest.param(kind, name, id=f"{kind}-{name}") for kind in KINDS for name in reg.names(kind)]
+
+
+@lru_cache(maxsize=None)
+def _build(kind: str, name: str) -> Any:
+    component = get_registry().get(kind, name)
+    options = EXAMPLE_OPTIONS.get((kind, name), {})
+    required = [
+        p.name
+        for p in inspect.signature(component.factory).parameters.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+        and p.name not in options
+    ]
+    if required:
+        pytest.skip(f"{kind[:-1]} '{name}' requires options {required}; add an example to EXAMPLE_OPTIONS")
+    try:
+        return component.build(dict(options), f"{kind}.{name}")
+    except WeightsNotFoundError as exc:
+        pytest.skip(f"{kind[:-1]} '{name}' needs weights: {str(exc).splitlines()[0]}")
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    p = next(iter(module.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- the contracts
+
+
+def check_gate(gate) -> None:
+    torch.manual_seed(0)
+    for b in (1, 5):
+        r_t, r_s = torch.randn(b), torch.randn(b)
+        with torch.no_grad():
+            g = gate(r_t, r_s)
+        assert isinstance(g, torch.Tensor) and g.shape == (b,), f"gate must return [B], got {getattr(g, 'shape', g)}"
+        assert torch.isfinite(g).all() and (g >= 0).all() and (g <= 1).all(), g
+    equal = torch.zeros(3)
+    assert torch.isfinite(gate(equal, equal)).all()
+
+
+def check_horizons(schedule) -> None:
+    for k in range(1, 9):
+        for sigmas in (torch.linspace(1.0, 0.0, k + 1), torch.cat([torch.logspace(1, -2, k), torch.zeros(1)])):
+            validate_horizons(schedule(sigmas), k, "under test")
+
+
+def check_reward(reward) -> None:
+    torch.manual_seed(0)
+    if isinstance(reward, nn.Module):
+        reward.eval().requires_grad_(False)
+    images = torch.rand(2, 3, 64, 64, requires_grad=True)
+    scores = reward(images, PROMPTS)
+    assert isinstance(scores, torch.Tensor) and scores.shape == (2,), getattr(scores, "shape", scores)
+    assert torch.isfinite(scores).all()
+    assert scores.requires_grad, "a reward must be differentiable with respect to the images"
+    scores.sum().backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all()
+
+
+def check_metric(metric) -> None:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = metric(torch.rand(4, 3, 32, 32), PROMPTS * 2)
+    assert isinstance(out, dict) and out, "a metric returns a non-empty dict of named floats"
+    for key, value in out.items():
+        assert isinstance(key, str) and isinstance(value, float) and not math.isnan(value), (key, value)
+
+
+def check_backbone(backbone) -> None:
+    assert backbone.interpolation in ("ve", "flow")
+    assert isinstance(backbone.denoiser, nn.Module)
+    assert isinstance(backbone.lora_target_modules, list)
+    assert all(isinstance(m, str) for m in backbone.lora_target_modules)
+    for steps in (1, 2, 4):
+        s = backbone.sigmas(steps)
+        assert isinstance(s, torch.Tensor) and s.shape == (steps + 1,) and s.is_floating_point()
+        assert torch.isfinite(s).all() and s[-1] == 0, s
+        assert (s[1:] < s[:-1]).all(), f"sigmas({steps}) must be strictly decreasing: {s.tolist()}"
+        if backbone.interpolation == "flow":
+            assert s[0] <= 1
+    shape = tuple(backbone.latent_shape(2))
+    assert shape[0] == 2 and all(isinstance(d, int) and d > 0 for d in shape)
+    assert tuple(backbone.latent_shape(1))[1:] == shape[1:]
+
+    device = _device_of(backbone.denoiser)
+    denoiser = backbone.denoiser
+    with torch.no_grad():
+        cond = backbone.encode_prompts(PROMPTS)
+    s = backbone.sigmas(2).to(device)
+    torch.manual_seed(0)
+    x = initial_latents(torch.randn(shape, device=device), s[0], backbone.interpolation)
+    with torch.no_grad():
+        for sigma in (s[0], s[1], (s[0] + s[1]) / 2):  # the teacher evaluates off the backbone's own grid
+            x0 = backbone.predict_x0(denoiser, x, sigma, cond)
+            assert x0.shape == shape and torch.isfinite(x0).all()
+
+    # the student is trained through predict_x0 and decode
+    x0 = backbone.predict_x0(denoiser, x, s[1], cond)
+    images = backbone.decode(x0)
+    assert images.shape[:2] == (2, 3) and images.dim() == 4
+    assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
+    images.float().mean().backward()
+    trainable = [p for p in denoiser.parameters() if p.requires_grad]
+    assert trainable and any(p.grad is not None for p in trainable), "no gradient reached the denoiser"
+    denoiser.zero_grad(set_to_none=True)
+
+
+CHECKS = {
+    "gates": check_gate,
+    "horizons": check_horizons,
+    "rewards": check_reward,
+    "metrics": check_metric,
+    "backbones": check_backbone,
+}
+
+
+@pytest.mark.parametrize("kind, name", _cases())
+def test_contract(kind, name):
+    if kind == "registry":
+        get_registry()  # raises the loading error
+    component = _build(kind, name)
+    CHECKS[kind](component)
+
+
+def test_every_kind_has_a_contract():
+    assert set(CHECKS) == set(KINDS)
