@@ -34,6 +34,7 @@ class ObjectiveSettings:
     student_guidance: float = 1.0
     teacher_guidance: float = 1.0
     checkpointing: bool = False
+    teacher_inference_mode: bool = True
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ObjectiveSettings":
@@ -94,8 +95,26 @@ class RatsObjective:
 
     # -- pieces, public so benchmarks and tests can time and check them one by one
 
-    @torch.no_grad()
     def teacher_rollout(self, teacher: nn.Module, noise: Tensor, cond: Any, prompts: Sequence[str]) -> TeacherOutput:
+        """The teacher's N-step rollout from the same noise, its x0 at the student's σ's and its reward.
+
+        Runs under ``torch.inference_mode`` (no autograd bookkeeping at all) unless
+        ``teacher_inference_mode`` is off; the few tensors the loss needs are cloned out of it.
+        """
+        ctx = torch.inference_mode() if self.s.teacher_inference_mode else torch.no_grad()
+        with ctx:
+            out = self._teacher_rollout(teacher, noise, cond, prompts)
+        if self.s.teacher_inference_mode:
+            out = TeacherOutput(
+                {k: v.clone() for k, v in out.x0.items()},
+                out.final.clone(),
+                out.images.clone(),
+                out.reward.clone(),
+                {k: v.clone() for k, v in out.parts.items()},
+            )
+        return out
+
+    def _teacher_rollout(self, teacher: nn.Module, noise: Tensor, cond: Any, prompts: Sequence[str]) -> TeacherOutput:
         sched = self.schedules
         # Not a teacher-index -> student-step dict: with `nearest` alignment two student steps can
         # share one teacher step, and each still needs its teacher prediction.
