@@ -218,3 +218,34 @@ def _experiment_configs():
 def test_every_experiment_config_validates(capsys, path):
     rc, out, err = _validate(capsys, path)
     assert rc == 0, err
+
+
+def _config_keys(model, prefix=""):
+    """Every documented key of the config schema, dotted (``student.lora.rank``)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    keys = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        for c in candidates:
+            inner = typing.get_args(c)[0] if typing.get_origin(c) is list and typing.get_args(c) else c
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                keys += _config_keys(inner, f"{key}.")
+    return keys
+
+
+def test_docs_config_md_documents_every_key():
+    text = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
+    missing = []
+    for key in _config_keys(RatsConfig):
+        parts = key.split(".")
+        if any(f"`{'.'.join(parts[i:])}`" in text for i in range(len(parts))):
+            continue
+        missing.append(key)
+    assert not missing, f"docs/config.md does not mention {missing}"
+    for section in [k for k in RatsConfig.model_fields if k not in ("seed", "output_dir")]:
+        assert f"`{section}`" in text, section
