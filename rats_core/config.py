@@ -320,7 +320,48 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RatsCon
     return cfg
 
 
+#: far more values than any real config holds; a YAML "billion laughs" (aliases of aliases) expands past it
+MAX_CONFIG_VALUES = 100_000
+
+
+def check_plain_data(data: Any, source: str = "config") -> None:
+    """Refuse what YAML allows but no config needs: an alias cycle (``&a [*a]``), aliases that expand
+    to an enormous document, and NUL characters (no path or name may hold one)."""
+    count = 0
+    stack: list[tuple[Any, str]] = [(data, "")]
+    on_path: set[int] = set()
+    # iterative DFS with an explicit "leave" marker, so deep nesting cannot overflow the Python stack
+    leave = object()
+    while stack:
+        node, key = stack.pop()
+        if node is leave:
+            on_path.discard(int(key))
+            continue
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{source}: the configuration expands to more than {MAX_CONFIG_VALUES} values "
+                "(YAML aliases of aliases?); refusing it"
+            )
+        where = key or "top level"
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise ConfigError(f"{source}: {where}: contains a NUL character")
+            continue
+        if isinstance(node, (dict, list)):
+            if id(node) in on_path:
+                raise ConfigError(f"{source}: {where}: refers to itself through a YAML alias (&anchor ... *anchor)")
+            on_path.add(id(node))
+            stack.append((leave, str(id(node))))
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for k, v in items:
+                if isinstance(k, str) and "\x00" in k:
+                    raise ConfigError(f"{source}: {where}: a key contains a NUL character")
+                stack.append((v, f"{key}.{k}" if key else str(k)))
+
+
 def validate_config(data: dict[str, Any], source: str = "config") -> RatsConfig:
+    check_plain_data(data, source)
     try:
         return RatsConfig.model_validate(data)
     except pydantic.ValidationError as exc:
