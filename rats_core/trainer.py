@@ -160,8 +160,10 @@ def batch_noise(backbone: Any, seed: int, index: int, global_batch: int, rank: i
 class RunLock:
     """An exclusive lock on the output folder: a second run pointed at it is refused."""
 
+    FILENAME = ".rats.lock"
+
     def __init__(self, folder: Path):
-        self.path = Path(folder) / ".rats.lock"
+        self.path = Path(folder) / self.FILENAME
         self.fh = None
 
     def acquire(self) -> None:
@@ -188,6 +190,16 @@ class RunLock:
             fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
             self.fh.close()
             self.fh = None
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost ancestor of ``folder`` (or itself) that does not exist yet."""
+    missing = None
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
 
 
 def _check_writable(folder: Path) -> None:
@@ -261,6 +273,9 @@ class Trainer:
         self.metrics: MetricsWriter | None = None
         self.timings: dict[str, float] = {}
         self.base_state: dict[str, torch.Tensor] | None = None
+        #: the outermost folder setup() created for output_dir, removed again if setup fails
+        self._created_dir: Path | None = None
+        self._setup_done = False
 
     # -- setup
 
@@ -271,6 +286,7 @@ class Trainer:
         if cfg.train.batch_size <= 0:
             raise ConfigError("train.batch_size must be positive")
         if d.is_main:
+            self._created_dir = _first_missing(self.output_dir)
             _check_writable(self.output_dir)
             self.lock = RunLock(self.output_dir)
             self.lock.acquire()
@@ -342,6 +358,7 @@ class Trainer:
             self._write_run_files()
             self.metrics = MetricsWriter(self.output_dir, enabled=True)
         self._install_signal_handlers()
+        self._setup_done = True
 
     def _keep_base_weights(self) -> None:
         """The base model's trainable weights, for the report's "base" rows; stored once per run
@@ -629,9 +646,38 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
+        # only the run that holds the lock may remove what is in the folder
+        remove = not self._setup_done and self._created_dir is not None and self.lock is not None
+        if remove:
+            self._remove_setup_files()
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+        if remove:
+            self._remove_created_folders()
+
+    def _remove_setup_files(self) -> None:
+        """A run that failed in setup (bad weights path, empty prompt file, ...) leaves nothing behind:
+        the files setup writes are removed (the lock last, while still held), then the folders it
+        created, if they are empty."""
+        for name in ("base.safetensors", ".base.safetensors.tmp", ".config.yaml.tmp", "config.yaml",
+                     RunLock.FILENAME):
+            try:
+                (self.output_dir / name).unlink()
+            except OSError:
+                pass
+
+    def _remove_created_folders(self) -> None:
+        assert self._created_dir is not None
+        folder = self.output_dir
+        while True:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: someone else's files, keep them
+                return
+            if folder == self._created_dir or folder.parent == folder:
+                return
+            folder = folder.parent
 
 
 def threading_main() -> bool:
