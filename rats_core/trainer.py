@@ -314,6 +314,8 @@ class Trainer:
         self.teacher = Teacher(student, kind=cfg.teacher.kind, decay=cfg.teacher.ema_decay)
 
         self.prompts = load_prompts(cfg.data.prompts, cfg.base_dir, "data.prompts")
+        if cfg.loss.beta > 0:
+            self._check_rewards_differentiable(device)
         self.global_batch = cfg.train.batch_size * d.world_size
         self.sampler = PromptSampler(self.prompts, cfg.seed, self.global_batch)
         self.objective = RatsObjective(
@@ -347,6 +349,9 @@ class Trainer:
         except (ValueError, AssertionError) as exc:
             raise ConfigError(f"deepspeed: {exc}") from None
         self.student = self.engine.module
+        if d.world_size == 1 and self.zero_stage == 0:
+            # DeepSpeed all-reduces gradients even within a one-rank group; nothing to average here.
+            self.engine.enable_backward_allreduce = False
         # The teacher stays in float32 even for bf16 runs: EMA updates of (1 − μ)·Δ vanish in bf16.
         self.teacher.module.to(device)
 
@@ -359,6 +364,13 @@ class Trainer:
             self.metrics = MetricsWriter(self.output_dir, enabled=True)
         self._install_signal_handlers()
         self._setup_done = True
+
+    def _check_rewards_differentiable(self, device: torch.device) -> None:
+        """A weighted reward whose score carries no gradient would make −β·R train nothing, silently;
+        check once, on one decoded latent, before the first step (PluginError naming the reward)."""
+        with torch.no_grad():
+            images = self.backbone.decode(torch.zeros(self.backbone.latent_shape(1), device=device))
+        self.rewards.check_differentiable(images, self.prompts[:1])
 
     def _keep_base_weights(self) -> None:
         """The base model's trainable weights, for the report's "base" rows; stored once per run
