@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -240,7 +241,10 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self.fh:
-            self.fh.close()
+            try:
+                self.fh.close()
+            except OSError:  # the disk filled up: already reported by write(), do not mask that error
+                pass
         if self.tb is not None:
             self.tb.flush()
             self.tb.close()
@@ -355,13 +359,19 @@ class Trainer:
         # The teacher stays in float32 even for bf16 runs: EMA updates of (1 − μ)·Δ vanish in bf16.
         self.teacher.module.to(device)
 
-        if cfg.eval.at_end:
-            self._keep_base_weights()
+        try:
+            if cfg.eval.at_end:
+                self._keep_base_weights()
+        except OSError as exc:
+            raise self._write_failed("write base.safetensors", exc) from None
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         if d.is_main:
-            self._write_run_files()
-            self.metrics = MetricsWriter(self.output_dir, enabled=True)
+            try:
+                self._write_run_files()
+                self.metrics = MetricsWriter(self.output_dir, enabled=True)
+            except OSError as exc:
+                raise self._write_failed("write the run files (config.yaml, metrics.jsonl)", exc) from None
         self._install_signal_handlers()
         self._setup_done = True
 
@@ -463,7 +473,10 @@ class Trainer:
                 if self.step % cfg.train.log_every == 0 or self.step == total:
                     self.history.append({"step": self.step, **values})
                     if self.metrics is not None:
-                        self.metrics.write(self.step, values)
+                        try:
+                            self.metrics.write(self.step, values)
+                        except OSError as exc:
+                            raise self._write_failed("write metrics.jsonl", exc) from None
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(
@@ -558,6 +571,24 @@ class Trainer:
         return {n: params[n].detach().clone().cpu() for n in names}
 
     def save_checkpoint(self) -> Path:
+        """Save atomically; a failed write (disk full, read-only folder) stops the run with a
+        TrainingError, the partial save removed and the previous checkpoint untouched."""
+        try:
+            return self._save_checkpoint()
+        except OSError as exc:
+            partial = ckpt.checkpoint_dir(self.output_dir) / f".tmp_{ckpt.step_name(self.step)}"
+            shutil.rmtree(partial, ignore_errors=True)  # give back the space the partial save took
+            raise self._write_failed(f"save checkpoint {ckpt.step_name(self.step)}", exc) from None
+
+    def _write_failed(self, what: str, exc: OSError) -> TrainingError:
+        latest = ckpt.latest_checkpoint(self.output_dir)
+        kept = f"the previous checkpoint {latest} is intact" if latest else "no checkpoint had been saved yet"
+        return TrainingError(
+            f"could not {what}: {exc.strerror or exc}; {kept}. Free some space (or make {self.output_dir} "
+            "writable) and run the same command again to resume"
+        )
+
+    def _save_checkpoint(self) -> Path:
         d = self.dist
         tmp = None
         if d.is_main:
