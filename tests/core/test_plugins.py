@@ -179,13 +179,23 @@ def test_plugins_table(fresh_plugins, capsys):
     assert any(line.split()[:3] == ["gate", "sigmoid", "rats_plugins.gates"] for line in out.splitlines())
 
 
-def test_plugins_json_subprocess():
-    env = {**os.environ, "RATS_LOAD_PLUGINS": ""}
+def test_plugins_json_subprocess_with_a_broken_distribution(tmp_path):
+    """A real (if minimal) installed distribution whose entry point names a module that does not
+    exist: `rats plugins --json` still exits 0, lists the built-ins and reports the broken one."""
+    dist_info = tmp_path / "rats_broken-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: rats-broken\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[rats]\nbroken = rats_broken_no_such_module\n")
+    env = {k: v for k, v in os.environ.items() if k != "RATS_LOAD_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "rats_core.cli", "plugins", "--json"], capture_output=True,
                           text=True, env=env, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     entries = _by_name(json.loads(proc.stdout))
     assert entries["rats_plugins.gates"]["components"]["gates"] == ["constant", "hard", "sigmoid"]
+    broken = entries["rats-broken:broken"]
+    assert broken["error"] == "failed to load: ModuleNotFoundError: No module named 'rats_broken_no_such_module'"
+    assert broken["builtin"] is False and broken["components"] == {}
     assert "Traceback" not in proc.stderr
 
 
