@@ -84,7 +84,16 @@ def restore_state(saved: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]
 
 
 def save_tensor_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    except Exception as exc:
+        # safetensors reports a full disk as SafetensorError("... I/O error: ... (os error 28)"):
+        # make it the OSError it is, so callers handle every failed write alike
+        m = re.search(r"\(os error (\d+)\)", str(exc))
+        if m is None:
+            raise
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
