@@ -20,6 +20,12 @@ class WeightedReward:
     normalize: str = "none"
     mean: float = 0.0
     std: float = 1.0
+    #: the plugin that registered the reward, named in every error about it
+    plugin: str = ""
+
+    @property
+    def _by(self) -> str:
+        return f" (reward registered by plugin {self.plugin})" if self.plugin else ""
 
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         try:
@@ -27,8 +33,11 @@ class WeightedReward:
         except RatsError:
             raise
         except Exception as exc:
-            raise PluginError(f"reward '{self.name}' raised {type(exc).__name__}: {exc}") from exc
-        return check_reward_output(self.name, raw, images.shape[0])
+            raise PluginError(f"reward '{self.name}' raised {type(exc).__name__}: {exc}{self._by}") from exc
+        try:
+            return check_reward_output(self.name, raw, images.shape[0])
+        except PluginError as exc:
+            raise PluginError(f"{exc}{self._by}") from None
 
     def normalized(self, scores: Tensor) -> Tensor:
         return (scores - self.mean) / self.std if self.normalize == "fixed" else scores
@@ -74,5 +83,6 @@ class RewardSet:
             if not s.requires_grad:
                 raise PluginError(
                     f"reward '{r.name}' is not differentiable with respect to the images "
-                    "(its score has no gradient); RATS needs a differentiable reward"
+                    f"(its score has no gradient){r._by}; RATS needs a differentiable reward, "
+                    f"or give it weight 0 to only log it"
                 )

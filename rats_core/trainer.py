@@ -68,6 +68,7 @@ def build_components(cfg: RatsConfig) -> Components:
                 normalize=r.normalize,
                 mean=r.mean,
                 std=r.std,
+                plugin=registry.get("rewards", r.name).plugin,
             )
             for i, r in enumerate(cfg.rewards)
         ]
