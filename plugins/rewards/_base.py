@@ -26,11 +26,11 @@ class FrozenReward(nn.Module):
 
     def __init__(self, dtype: DType = "float32"):
         super().__init__()
-        self.dtype = DTYPES[dtype]
+        self._requested_dtype = DTYPES[dtype]
         self._cache: OrderedDict[Any, Any] = OrderedDict()
 
     def freeze(self) -> "FrozenReward":
-        self.to(self.dtype)
+        self.to(self._requested_dtype)
         self.requires_grad_(False)
         return super().train(False)
 
@@ -40,6 +40,11 @@ class FrozenReward(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the networks run in (follows a later ``.to(dtype)``)."""
+        return next(self.parameters()).dtype
 
     def cached(self, prompts: Sequence[str], compute: Callable[[list[str]], Any]) -> Any:
         """``compute(prompts)`` once per prompt list (and device/dtype), without gradient."""

@@ -14,6 +14,7 @@ projections are applied explicitly (``visual_projection(vision_model(...).pooler
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 from torch import Tensor
@@ -36,6 +37,15 @@ _PROCESSOR = WeightsHint(
 )
 
 
+def default_processor(path: str) -> str:
+    """The model folder itself when it also holds a tokenizer and an image processor config (one folder
+    with everything), otherwise the LAION processor the official snippet uses."""
+    folder = Path(path).expanduser()
+    has_tokenizer = (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
+    has_image_config = (folder / "preprocessor_config.json").is_file() or (folder / "processor_config.json").is_file()
+    return str(folder) if folder.is_dir() and has_tokenizer and has_image_config else PROCESSOR
+
+
 def _field(obj: Any, key: str) -> Any:
     """``size``/``crop_size`` are dicts in transformers 4.x and ``SizeDict`` objects in 5.x."""
     if obj is None:
@@ -46,10 +56,11 @@ def _field(obj: Any, key: str) -> Any:
 class PickScore(FrozenReward):
     """``PickScore(images[B,3,H,W] in [0,1], prompts) -> [B]``: ``logit_scale.exp() · cos`` (≈ 18–24)."""
 
-    def __init__(self, path: str = REPO_ID, processor: str = PROCESSOR, dtype: DType = "float32"):
+    def __init__(self, path: str = REPO_ID, processor: str | None = None, dtype: DType = "float32"):
         super().__init__(dtype)
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
+        processor = processor or default_processor(path)
         self.model = from_pretrained(CLIPModel.from_pretrained, path, _WEIGHTS)
         if not isinstance(self.model, CLIPModel):
             raise CheckpointError(f"PickScore: {path} is not a CLIPModel checkpoint")
@@ -90,14 +101,15 @@ class PickScore(FrozenReward):
         return self.as_scores(self.model.logit_scale.exp() * (image * text).sum(dim=-1))
 
 
-def pickscore(path: str = REPO_ID, processor: str = PROCESSOR, dtype: DType = "float32") -> PickScore:
+def pickscore(path: str = REPO_ID, processor: str | None = None, dtype: DType = "float32") -> PickScore:
     """PickScore v1 (CLIP-H fine-tuned on Pick-a-Pic): logit_scale.exp() * cos, ≈ 18-24.
 
     Options:
         path: a ``CLIPModel`` folder (config.json + weights) or hub id; default ``yuvalkirstain/PickScore_v1``
             from the local Hugging Face cache.
-        processor: folder or hub id with the CLIP tokenizer and ``preprocessor_config.json``;
-            default ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (only those small files are needed).
+        processor: folder or hub id with the CLIP tokenizer and ``preprocessor_config.json``; default:
+            ``path`` itself when that local folder has both, else ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``
+            (only those small files are needed).
         dtype: ``float32`` (default), ``float16`` or ``bfloat16``.
 
     Example config::

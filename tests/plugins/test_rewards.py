@@ -317,15 +317,18 @@ def test_hps_rejects_a_checkpoint_of_another_shape(files, tmp_path):
         get_registry().build("rewards", "hpsv2", {"path": str(tmp_path), "architecture": T.TINY_OPEN_CLIP})
 
 
-def test_hps_bfloat16_close_to_float32(files, rewards):
-    opts = {**files["options"]["hpsv2"], "dtype": "bfloat16"}
-    half = get_registry().build("rewards", "hpsv2", opts)
-    assert next(half.parameters()).dtype == torch.bfloat16
-    images = torch.rand(2, 3, 30, 30)
+# bfloat16 keeps ~3 significant digits; PickScore's scale is logit_scale = 100 times a cosine
+@pytest.mark.parametrize("name,atol", [("imagereward", 0.05), ("hpsv2", 0.01), ("pickscore", 1.0)])
+def test_bfloat16_close_to_float32(files, rewards, name, atol):
+    half = get_registry().build("rewards", name, {**files["options"][name], "dtype": "bfloat16"})
+    assert half.dtype == torch.bfloat16 and next(half.parameters()).dtype == torch.bfloat16
+    images = torch.rand(2, 3, 30, 30, requires_grad=True)
+    got = half(images, PROMPTS)
+    got.sum().backward()
+    assert got.dtype == torch.float32 and images.grad.dtype == torch.float32
     with torch.no_grad():
-        got, ref = half(images, PROMPTS), rewards["hpsv2"](images, PROMPTS)
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got, ref, rtol=0, atol=0.03)
+        ref = rewards[name](images, PROMPTS)
+    torch.testing.assert_close(got.detach(), ref, rtol=0, atol=atol)
 
 
 # ----------------------------------------------------------------------------- PickScore
@@ -362,6 +365,20 @@ def test_pickscore_matches_official_snippet(files, rewards, photos):
         got = torch.cat([reward(_tensor(a)[None], [prompt]) for a in photos])
     torch.testing.assert_close(got, expected, rtol=0, atol=0.02)  # measured 0.006 (scores ≈ ±10 here)
     assert math.isclose(reward.model.logit_scale.exp().item(), 100.0, rel_tol=1e-5)
+
+
+def test_pickscore_one_folder_with_model_and_processor(files, rewards, tmp_path):
+    """``{"path": folder}`` alone is enough when the folder also holds the tokenizer and processor config."""
+    import shutil
+
+    folder = tmp_path / "PickScore_v1"
+    shutil.copytree(files["ps_model"], folder)
+    for f in files["ps_proc"].iterdir():
+        shutil.copy(f, folder / f.name)
+    reward = get_registry().build("rewards", "pickscore", {"path": str(folder)})
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reward(images, PROMPTS), rewards["pickscore"](images, PROMPTS))
 
 
 # ----------------------------------------------------------------------------- preprocessing vs official
