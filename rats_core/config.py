@@ -213,7 +213,10 @@ class RatsConfig(_Strict):
             raise ValueError(
                 f"student.grad_steps ({self.student.grad_steps}) cannot exceed student.steps ({self.student.steps})"
             )
-        stage = (self.deepspeed.get("zero_optimization") or {}).get("stage", 0)
+        zero = self.deepspeed.get("zero_optimization") or {}
+        if not isinstance(zero, dict):
+            raise ValueError(f"deepspeed.zero_optimization must be a mapping such as {{stage: 2}} (got {zero!r})")
+        stage = zero.get("stage", 0)
         if stage not in (0, 1, 2, 3):
             raise ValueError(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3 (got {stage!r})")
         return self
