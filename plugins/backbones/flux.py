@@ -1,0 +1,277 @@
+"""FLUX.1 (dev and schnell): ``FluxTransformer2DModel`` (rectified flow) + CLIP (pooled) + T5 + VAE.
+
+Flow matching, ``x = (1 − σ)·x0 + σ·eps``; the transformer predicts the velocity ``eps − x0`` at
+timestep ``σ`` (the pipeline's ``t / 1000``). Latents are kept unpacked, ``[B, 16, H/8, W/8]``, and
+packed into 2×2 patches (with their image position ids) around each transformer call, as
+``FluxPipeline`` does. σ schedules come from the model's ``FlowMatchEulerDiscreteScheduler`` with the
+pipeline's resolution-dependent shift ``mu`` (FLUX.1-dev) or its static shift (schnell).
+
+Guidance: FLUX.1-dev is guidance-distilled: ``guidance_scale`` is fed to its guidance embedding (the
+pipeline's default is 3.5) and no second, unconditional pass is made. Models without a guidance
+embedding (schnell) get true classifier-free guidance against the empty prompt when ``guidance_scale > 1``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from rats_core import hookimpl
+from rats_core.sigmas import x0_from_flow
+
+from ._diffusers_common import (
+    DTYPES,
+    DiffusersBackbone,
+    DtypeName,
+    Part,
+    batch_cond,
+    cfg,
+    check_resolution,
+    configure_vae,
+    freeze,
+    load_part,
+    load_tokenizer,
+    load_vae,
+    locate_weights,
+    module_dtype,
+    per_sample,
+    resolve_device,
+    to_device,
+    vae_scale_factor,
+)
+
+DEFAULT_ID = "black-forest-labs/FLUX.1-dev"
+
+TRANSFORMER = Part("transformer", "the FLUX transformer, FluxTransformer2DModel")
+VAE = Part("vae", "the VAE, AutoencoderKL")
+TEXT_ENCODER = Part("text_encoder", "the CLIP text encoder")
+TEXT_ENCODER_2 = Part("text_encoder_2", "the T5 text encoder")
+TOKENIZER = Part("tokenizer", "the CLIP tokenizer")
+TOKENIZER_2 = Part("tokenizer_2", "the T5 tokenizer")
+SCHEDULER = Part("scheduler", "the scheduler config")
+
+#: joint (double-stream) and single-stream blocks: attention incl. the text-stream projections,
+#: both feed-forwards, and the single blocks' fused MLP and output projections
+FLUX_LORA_TARGETS = [
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+    "proj_mlp", "proj_out",
+]
+
+
+def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
+                    base_shift: float = 0.5, max_shift: float = 1.15) -> float:
+    """FluxPipeline's resolution-dependent shift ``mu``: linear in the number of image tokens."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + base_shift - m * base_seq_len
+
+
+def pack(latents: Tensor) -> Tensor:
+    """[B, C, H, W] → [B, H/2·W/2, 4C] (2×2 patches), FluxPipeline._pack_latents."""
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: Tensor, height: int, width: int) -> Tensor:
+    """Inverse of :func:`pack` for latents of ``height × width``."""
+    b, _, d = tokens.shape
+    x = tokens.view(b, height // 2, width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, d // 4, height, width)
+
+
+def image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Position ids [(H/2)(W/2), 3] of the packed latent tokens (FluxPipeline._prepare_latent_image_ids)."""
+    ids = torch.zeros(height // 2, width // 2, 3)
+    ids[..., 1] += torch.arange(height // 2)[:, None]
+    ids[..., 2] += torch.arange(width // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+class FluxBackbone(DiffusersBackbone):
+    """FLUX.1 seen through RATS. ``cond`` holds the T5 ``prompt_embeds`` [B, L, 4096], the CLIP
+    ``pooled_prompt_embeds`` [B, 768] and ``text_ids`` [L, 3]."""
+
+    name = "flux"
+    pipeline_class = "FluxPipeline"
+    interpolation = "flow"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        resolution: int | None = None,
+        device: str | None = None,
+        dtype: str = "bf16",
+        denoiser_dtype: str = "bf16",
+        gradient_checkpointing: bool = False,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
+        max_sequence_length: int = 512,
+        variant: str | None = None,
+        revision: str | None = None,
+    ):
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+        from transformers import CLIPTextModel, T5EncoderModel
+
+        self.device = resolve_device(device)
+        parts = (TRANSFORMER, VAE, TEXT_ENCODER, TEXT_ENCODER_2, TOKENIZER, TOKENIZER_2, SCHEDULER)
+        self.source = locate_weights(path, DEFAULT_ID, parts, self.name, revision=revision, variant=variant)
+        frozen = DTYPES[dtype]
+        self.scheduler = load_part(self.source, SCHEDULER, FlowMatchEulerDiscreteScheduler.from_pretrained)
+        self.max_sequence_length = max_sequence_length
+        self.tokenizer = load_tokenizer(self.source, TOKENIZER)
+        self.tokenizer_2 = load_tokenizer(self.source, TOKENIZER_2)
+        clip = load_part(self.source, TEXT_ENCODER, CLIPTextModel.from_pretrained, dtype=frozen, variant=variant,
+                         transformers=True)
+        t5 = load_part(self.source, TEXT_ENCODER_2, T5EncoderModel.from_pretrained, dtype=frozen, variant=variant,
+                       transformers=True)
+        self.text_encoder = freeze(clip).to(self.device)
+        self.text_encoder_2 = freeze(t5).to(self.device)
+        self.vae = load_vae(self.source, VAE, frozen, variant, self.device)
+        configure_vae(self.vae, vae_slicing, vae_tiling)
+        transformer = load_part(self.source, TRANSFORMER, FluxTransformer2DModel.from_pretrained,
+                                dtype=DTYPES[denoiser_dtype], variant=variant)
+        self.denoiser = transformer.to(self.device)
+        if gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()
+        self.guidance_embeds = bool(transformer.config.guidance_embeds)
+        self.vae_factor = vae_scale_factor(self.vae)
+        self.latent_channels = transformer.config.in_channels // 4
+        self.resolution = check_resolution(resolution or 1024, self.vae_factor * 2, self.name)
+        self.lora_target_modules = list(FLUX_LORA_TARGETS)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.vae, self.text_encoder, self.text_encoder_2]
+
+    # -- text
+
+    def _encode(self, prompts: list[str]) -> dict[str, Any]:
+        clip_ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                  truncation=True, return_tensors="pt").input_ids
+        pooled = self.text_encoder(clip_ids.to(self.device), output_hidden_states=False).pooler_output
+        t5_ids = self.tokenizer_2(prompts, padding="max_length", max_length=self.max_sequence_length,
+                                  truncation=True, return_tensors="pt").input_ids
+        embeds = self.text_encoder_2(t5_ids.to(self.device), output_hidden_states=False)[0]
+        text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=embeds.dtype)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "text_ids": text_ids}
+
+    # -- σ
+
+    def mu(self) -> float:
+        """The pipeline's shift for this resolution (image tokens = (H/16)·(W/16))."""
+        side = self.resolution // self.vae_factor // 2
+        c = self.scheduler.config
+        return calculate_shift(side * side, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                               c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+
+    def sigmas(self, num_steps: int) -> Tensor:
+        """FluxPipeline's schedule: ``linspace(1, 1/n, n)`` shifted by the scheduler, then 0."""
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        base = None if self.scheduler.config.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / num_steps, num_steps)
+        if base is None:
+            self.scheduler.set_timesteps(num_steps, mu=self.mu())
+        else:
+            self.scheduler.set_timesteps(sigmas=base, mu=self.mu())
+        return self.scheduler.sigmas.detach().float().cpu().clone()
+
+    def timestep(self, sigma: Tensor | float) -> Tensor:
+        """The scheduler's timestep for σ (``σ · num_train_timesteps``); the transformer sees ``t / 1000``."""
+        return torch.as_tensor(sigma, dtype=torch.float32) * self.scheduler.config.num_train_timesteps
+
+    # -- the network
+
+    def predict_x0(self, denoiser: nn.Module, x: Tensor, sigma: Tensor, cond: Any,
+                   guidance_scale: float = 1.0) -> Tensor:
+        self._note_guidance(guidance_scale)
+        b, _, h, w = x.shape
+        s = per_sample(sigma, b, x.device)
+        dtype = module_dtype(denoiser)
+        cond = to_device(cond, x.device)
+        true_cfg = guidance_scale > 1 and not self.guidance_embeds
+        tokens = pack(x)
+        t = self.timestep(s) / 1000
+        if true_cfg:
+            cond = batch_cond(cond, to_device(self.negative_cond(), x.device), b)
+            tokens, t = torch.cat([tokens, tokens]), torch.cat([t, t])
+        guidance = None
+        if self.guidance_embeds:
+            guidance = torch.full((tokens.shape[0],), float(guidance_scale), device=x.device, dtype=torch.float32)
+        velocity = denoiser(
+            hidden_states=tokens.to(dtype),
+            timestep=t.to(dtype),
+            guidance=guidance,
+            pooled_projections=cond["pooled_prompt_embeds"].to(dtype),
+            encoder_hidden_states=cond["prompt_embeds"].to(dtype),
+            txt_ids=cond["text_ids"].to(dtype),
+            img_ids=image_ids(h, w, x.device, dtype),
+            return_dict=False,
+        )[0].to(x.dtype)
+        if true_cfg:
+            velocity = cfg(*velocity.chunk(2), guidance_scale)
+        return x0_from_flow(x, s, unpack(velocity, h, w))
+
+    # -- export
+
+    def _export_scheduler(self):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
+
+    def _export_pipeline(self, denoiser: nn.Module, scheduler: Any):
+        from diffusers import FluxPipeline
+
+        return FluxPipeline(scheduler=scheduler, vae=self.vae, text_encoder=self.text_encoder,
+                            tokenizer=self.tokenizer, text_encoder_2=self.text_encoder_2,
+                            tokenizer_2=self.tokenizer_2, transformer=denoiser)
+
+    def _save_lora(self, directory: Path, state: dict[str, Tensor]) -> bool:
+        from diffusers import FluxPipeline
+
+        FluxPipeline.save_lora_weights(str(directory), transformer_lora_layers=state, safe_serialization=True)
+        return True
+
+    def sampling_kwargs(self, steps: int, guidance: float | None) -> dict[str, Any]:
+        kwargs = {**super().sampling_kwargs(steps, guidance), "max_sequence_length": self.max_sequence_length}
+        if not self.guidance_embeds:  # schnell-like: guidance_scale means nothing; CFG is the pipeline's true CFG
+            g = kwargs.pop("guidance_scale", None)
+            if g is not None and g > 1:
+                kwargs.update(negative_prompt="", true_cfg_scale=g)
+        return kwargs
+
+
+def flux(
+    path: str | None = None,
+    resolution: Annotated[int, Field(gt=0)] | None = None,
+    device: str | None = None,
+    dtype: DtypeName = "bf16",
+    denoiser_dtype: DtypeName = "bf16",
+    gradient_checkpointing: bool = False,
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    max_sequence_length: Annotated[int, Field(gt=0, le=512)] = 512,
+    variant: str | None = None,
+    revision: str | None = None,
+) -> FluxBackbone:
+    """FLUX.1 dev/schnell (rectified flow, CLIP pooled + T5, packed latents). Default FLUX.1-dev, 1024 px.
+
+    bf16 by default (the 12B transformer is 24 GB in bf16, 48 GB in fp32). For FLUX.1-dev set
+    student/teacher ``guidance_scale`` to the embedded guidance you want (the pipeline uses 3.5).
+    """
+    return FluxBackbone(
+        path, resolution=resolution, device=device, dtype=dtype, denoiser_dtype=denoiser_dtype,
+        gradient_checkpointing=gradient_checkpointing, vae_slicing=vae_slicing, vae_tiling=vae_tiling,
+        max_sequence_length=max_sequence_length, variant=variant, revision=revision,
+    )
+
+
+@hookimpl
+def register_backbones(register):
+    register("flux", flux)
