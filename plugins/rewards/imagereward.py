@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from rats_core import hookimpl
