@@ -40,3 +40,11 @@ class CheckpointError(RatsError):
 
 class TrainingError(RatsError):
     """Training had to stop (non-finite loss, a reward plugin raised, output folder busy)."""
+
+
+class UsageError(RatsError):
+    """A command-line argument is invalid (a malformed ``--steps`` list, an unwritable ``-o``)."""
+
+
+class RunFolderError(RatsError):
+    """A folder given as a training run is missing or is not one (no ``config.yaml``)."""
