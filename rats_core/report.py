@@ -19,9 +19,20 @@ LABELS = {
 }
 
 
+def _label(label: str) -> str:
+    """Human name of a training-report variant (``student_4`` is the student sampled with 4 steps)."""
+    if label.startswith("student_"):
+        return LABELS["student"]
+    return LABELS.get(label, label)
+
+
 def _ordered(labels: Sequence[str]) -> list[str]:
+    def natural(label: str) -> tuple[str, int]:  # student_2 before student_10
+        head, _, tail = label.rpartition("_")
+        return (head, int(tail)) if tail.isdigit() else (label, 0)
+
     known = [x for x in ORDER if x in labels]
-    return known + sorted(x for x in labels if x not in known)
+    return known + sorted((x for x in labels if x not in known), key=natural)
 
 
 def smooth(values: Sequence[float], window: int) -> list[float]:
@@ -81,35 +92,79 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
                 cells.append(f"{v:.4g} ± {r[k + '_ci95']:.2g}")
             else:
                 cells.append(f"{v:.4g}")
-        rows.append(f"| {LABELS.get(lab, lab)} | {r.get('steps', '')} | " + " | ".join(cells) + " |")
+        rows.append(f"| {_label(lab)} | {r.get('steps', '')} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def image_grid(images: dict[str, Tensor], prompts: Sequence[str], path: Path, columns: int = 8, results=None) -> Path:
-    """Rows: variants; columns: the first prompts (the same noise in every row)."""
+def image_grid(
+    images: dict[str, Tensor],
+    prompts: Sequence[str],
+    path: Path,
+    columns: int = 8,
+    results: dict[str, dict[str, Any]] | None = None,
+    *,
+    rows: dict[str, str] | None = None,
+    scores: dict[str, Tensor] | None = None,
+    score_name: str = "reward",
+    title: str | None = None,
+) -> Path:
+    """One row per model, one column per prompt (the same noise down each column).
+
+    ``rows`` maps the keys of ``images`` to row titles, in display order (default: the training
+    report's variants, titled from ``results``' step counts). ``scores`` gives a number to print above
+    each image. Prompts are printed under the bottom row.
+    """
+    plt = _pyplot()
+    if rows is None:
+        rows = {}
+        for lab in _ordered(list(images)):
+            steps = results[lab]["steps"] if results and lab in results else None
+            rows[lab] = _label(lab) + (f"\n{steps_label(steps)}" if steps is not None else "")
+    keys = [k for k in rows if k in images]
+    cols = max(1, min(columns, len(prompts), *(len(images[k]) for k in keys)))
+    cell = 1.75
+    height = cell * len(keys) + 1.1 + (0.4 if title else 0)
+    fig, axes = plt.subplots(len(keys), cols, figsize=(cell * cols + 1.4, height), squeeze=False)
+    for i, key in enumerate(keys):
+        for j in range(cols):
+            ax = axes[i][j]
+            img = images[key][j].float().permute(1, 2, 0).clamp(0, 1).numpy()
+            ax.imshow(img, interpolation="nearest" if img.shape[0] < 128 else "antialiased")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if scores is not None and key in scores:
+                ax.set_title(f"{score_name} {float(scores[key][j]):.4g}", fontsize=6.5, pad=2)
+            if i == len(keys) - 1:
+                ax.set_xlabel(_wrap(prompts[j], 22), fontsize=7)
+            if j == 0:
+                ax.set_ylabel(rows[key], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height) if title else None)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def steps_label(steps: Any) -> str:
+    return "1 step" if str(steps) == "1" else f"{steps} steps"
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = _ordered(list(images))
-    cols = min(columns, len(prompts))
-    fig, axes = plt.subplots(len(labels), cols, figsize=(1.6 * cols + 1.2, 1.75 * len(labels) + 0.4), squeeze=False)
-    for i, lab in enumerate(labels):
-        for j in range(cols):
-            ax = axes[i][j]
-            img = images[lab][j].permute(1, 2, 0).clamp(0, 1).numpy()
-            ax.imshow(img, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(_wrap(prompts[j]), fontsize=7)
-            if j == 0:
-                steps = results[lab]["steps"] if results and lab in results else ""
-                ax.set_ylabel(f"{LABELS.get(lab, lab)}\n{steps} steps", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return plt
+
+
+def save_image(image: Tensor, path: Path) -> Path:
+    """Write one ``[3, H, W]`` image in [0, 1] as an 8-bit PNG of exactly H×W pixels."""
+    from PIL import Image
+
+    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    Image.fromarray(arr).save(path, format="PNG")
     return path
 
 
@@ -122,7 +177,10 @@ def _wrap(text: str, width: int = 18) -> str:
         else:
             cur = f"{cur} {w}".strip()
     lines.append(cur)
-    return "\n".join(lines[:3])
+    if len(lines) > 3:
+        lines = lines[:3]
+        lines[-1] = lines[-1][: width - 1] + "…"
+    return "\n".join(lines)
 
 
 def training_curves(history: Sequence[dict[str, Any]], path: Path, overtake: int | None = None) -> Path | None:
@@ -200,8 +258,14 @@ def write_report(
         "images": len(prompts),
     }
     write_json_atomic(output_dir / "report.json", report)
-    image_grid(images, prompts, report_dir / "grid.png", results=results)
+    image_grid(images, prompts, report_dir / "grid.png", results=results,
+               title="Held-out samples: the same prompt and initial noise down each column")
     curves = training_curves(history, report_dir / "curves.png", step)
+    reward_vs_nfe(
+        nested_results(results), report_dir / "reward_vs_nfe.png", reference_steps=n,
+        titles=reward_titles(cfg.rewards), teacher_label=f"teacher ({cfg.teacher.kind})",
+        title=f"{cfg.backbone.name}: held-out reward versus sampler steps",
+    )
     lines = [
         f"# RATS report — {cfg.backbone.name}",
         "",
@@ -214,6 +278,8 @@ def write_report(
         "",
         f"Student overtakes teacher at step: {step if step is not None else 'never'} ({source}).",
         "",
+        "![reward versus sampler steps](report/reward_vs_nfe.png)",
+        "",
         "![samples](report/grid.png)",
     ]
     if curves:
@@ -221,3 +287,228 @@ def write_report(
     (output_dir / "report.md").write_text("\n".join(lines) + "\n")
     return report
 
+
+
+# ----------------------------------------------------------------------------- reward versus NFE
+
+#: how each model is drawn in the reward-versus-NFE plot
+MODEL_STYLE = {
+    "base": {"label": "base model", "color": "0.35", "marker": "o", "linestyle": "-"},
+    "teacher": {"label": "teacher", "color": "C1", "marker": "*", "linestyle": "none", "markersize": 11},
+    "student": {"label": "RATS student", "color": "C0", "marker": "s", "linestyle": "-"},
+}
+MODEL_ORDER = ("base", "teacher", "student")
+
+
+def nested_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """The training report's flat results (``{label: {steps, reward, reward_ci95, metric…}}``) as
+    ``{model: {steps: {"rewards": {name: {mean, ci95, n}}, "metrics": {...}}}}``, like ``rats eval``."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for label, r in results.items():
+        model = "base" if label.startswith("base") else "teacher" if label == "teacher" else "student"
+        rewards = {k: {"mean": r[k], "ci95": r[f"{k}_ci95"], "n": r.get("n")} for k in r if f"{k}_ci95" in r}
+        skip = set(rewards) | {"steps", "n"}
+        metrics = {k: v for k, v in r.items() if k not in skip and not k.endswith("_ci95")}
+        out.setdefault(model, {})[int(r["steps"])] = {"steps": int(r["steps"]), "rewards": rewards, "metrics": metrics}
+    return out
+
+
+def _models(results: dict[str, Any]) -> list[str]:
+    return [m for m in MODEL_ORDER if m in results] + sorted(m for m in results if m not in MODEL_ORDER)
+
+
+def reward_vs_nfe(
+    results: dict[str, dict[Any, dict[str, Any]]],
+    path: Path,
+    *,
+    reference_steps: int | None = None,
+    titles: dict[str, str] | None = None,
+    title: str | None = None,
+    teacher_label: str = "teacher",
+    names: Sequence[str] | None = None,
+) -> Path:
+    """One panel per reward (and per metric): mean ± 95% interval against the number of sampler
+    steps, one line per model. A dotted line marks the base model at ``reference_steps`` (the
+    many-step result a few-step student has to beat).
+
+    ``results`` is ``{model: {steps: {"rewards": {name: {mean, ci95}}, "metrics": {name: value}}}}``;
+    ``names`` picks and orders the panels (default: every reward, then every metric).
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    models = _models(results)
+    rewards: list[str] = []
+    metrics: list[str] = []
+    all_steps: set[int] = set()
+    for m in models:
+        for s, cell in results[m].items():
+            all_steps.add(int(s))
+            rewards += [k for k in cell.get("rewards", {}) if k not in rewards]
+            metrics += [k for k in cell.get("metrics", {}) if k not in metrics]
+    panels = [(k, "rewards") for k in rewards] + [(k, "metrics") for k in metrics]
+    if names is not None:  # only these, in this order
+        kinds = dict((k, sec) for k, sec in reversed(panels))
+        panels = [(k, kinds[k]) for k in names if k in kinds]
+    ncols = min(3, max(1, len(panels)))
+    nrows = -(-len(panels) // ncols)
+    height = 3.5 * nrows + 0.9
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, height), squeeze=False)
+    steps_sorted = sorted(all_steps)
+    log_x = len(steps_sorted) > 1 and steps_sorted[-1] / max(1, steps_sorted[0]) >= 4
+    handles: dict[str, Any] = {}
+    for idx, (name, section) in enumerate(panels):
+        ax = axes[idx // ncols][idx % ncols]
+        for m in models:
+            cells = [(int(s), c) for s, c in results[m].items() if name in c.get(section, {})]
+            cells.sort(key=lambda t: t[0])
+            if not cells:
+                continue
+            style = dict(MODEL_STYLE.get(m, {"label": m, "marker": "^", "linestyle": "-"}))
+            if m == "teacher":
+                style["label"] = teacher_label
+            xs = [s for s, _ in cells]
+            if section == "rewards":
+                ys = [c["rewards"][name]["mean"] for _, c in cells]
+                err = [c["rewards"][name].get("ci95", 0.0) for _, c in cells]
+                h = ax.errorbar(xs, ys, yerr=err, capsize=3, linewidth=1.6, **style)
+            else:
+                ys = [c["metrics"][name] for _, c in cells]
+                h = ax.plot(xs, ys, linewidth=1.6, **style)[0]
+            handles.setdefault(style["label"], h)
+        base = results.get("base", {})
+        ref = base.get(reference_steps, base.get(str(reference_steps))) if reference_steps is not None else None
+        if ref is not None and name in ref.get(section, {}):
+            v = ref[section][name]["mean"] if section == "rewards" else ref[section][name]
+            line = ax.axhline(v, color="0.35", linestyle=":", linewidth=1.2,
+                              label=f"base model, {steps_label(reference_steps)} (reference)")
+            handles.setdefault(line.get_label(), line)
+        if log_x:
+            ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator(steps_sorted))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(s) for s in steps_sorted])
+        ax.set_xlabel("sampler steps (NFE)")
+        ax.set_ylabel("mean ± 95% interval (higher is better)" if section == "rewards" else "value")
+        ax.set_title((titles or {}).get(name, name if section == "rewards" else f"{name} (metric)"), fontsize=9)
+        ax.grid(True, alpha=0.3)
+    for idx in range(len(panels), nrows * ncols):
+        axes[idx // ncols][idx % ncols].axis("off")
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(4, len(handles)), fontsize=8,
+               frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.4 / height, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def reward_titles(reward_configs: Sequence[Any]) -> dict[str, str]:
+    """Panel titles: the combined ``reward`` spelled out as its weighted sum."""
+    parts = []
+    for r in reward_configs:
+        name, weight = (r["name"], r["weight"]) if isinstance(r, dict) else (r.name, r.weight)
+        norm = (r.get("normalize") if isinstance(r, dict) else r.normalize) == "fixed"
+        parts.append(f"{weight:g}×{'norm ' if norm else ''}{name}")
+    return {"reward": "reward (combined: " + " + ".join(parts) + ")"}
+
+
+# ----------------------------------------------------------------------------- rats eval report
+
+
+def _fmt(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return ""
+    return f"{cell['mean']:.4g} ± {cell.get('ci95', 0.0):.2g}"
+
+
+def eval_markdown(summary: dict[str, Any]) -> str:
+    """The ``rats eval`` table: one row per (model, steps), mean ± 95% interval per reward."""
+    results = summary["results"]
+    models = _models(results)
+    rewards = summary.get("reward_names") or []
+    metrics = summary.get("metric_names") or []
+    n_steps = summary.get("teacher_steps")
+    labels = {m: MODEL_STYLE.get(m, {}).get("label", m) for m in models}
+    labels["teacher"] = f"teacher ({summary.get('teacher_kind', 'ema')})"
+    lines = [f"# rats eval — {summary.get('backbone', '')}", ""]
+    if summary.get("kind") == "run":
+        lines.append(
+            f"Run `{summary['source']}`, checkpoint `{Path(summary['checkpoint']).name}` "
+            f"(training step {summary['checkpoint_step']}); the student was trained for "
+            f"{summary['trained_steps']} steps, the teacher ({summary.get('teacher_kind')}) samples with {n_steps}."
+            + (" A frozen teacher is the base model: see the base model's row at that step count."
+               if summary.get("teacher_kind") == "frozen" else "")
+        )
+    else:
+        lines.append(f"Config `{summary['source']}`: the base model as configured (no training).")
+    p = summary["prompts"]
+    lines += [
+        "",
+        f"Prompts: {p['count']} from {p['source']}, {p['images_per_prompt']} image(s) each = {p['images']} images per "
+        f"row, seed {summary['seed']}. Every row samples the same prompts from the same initial noise, so "
+        "differences are the models'. Cells: mean ± half-width of the 95% interval of the mean.",
+        "",
+    ]
+    head = "| model | steps (NFE) | " + " | ".join(rewards + metrics) + " |"
+    lines += [head, "|---|---:|" + "---:|" * (len(rewards) + len(metrics))]
+    for m in models:
+        for s in sorted(results[m], key=int):
+            cell = results[m][s]
+            cells = [_fmt(cell["rewards"].get(k)) for k in rewards]
+            cells += [f"{cell['metrics'][k]:.4g}" if k in cell.get("metrics", {}) else "" for k in metrics]
+            lines.append(f"| {labels[m]} | {s} | " + " | ".join(cells) + " |")
+    key = "reward" if "reward" in rewards else (rewards[0] if rewards else None)
+    base = results.get("base", {})
+    ref = base.get(n_steps) or base.get(str(n_steps))
+    if key and "student" in results:
+        lines += ["", f"**Student against the base model** (`{key}`; ✔ = better by more than both intervals):", ""]
+        for s in sorted(results["student"], key=int):
+            st = results["student"][s]["rewards"][key]
+            same = base.get(s) or base.get(str(s))
+            bits = []
+            for label, other in ((f"base at {steps_label(s)}", same), (f"base at {steps_label(n_steps)}", ref)):
+                if other is None:
+                    continue
+                o = other["rewards"][key]
+                diff = st["mean"] - o["mean"]
+                width = st.get("ci95", 0) + o.get("ci95", 0)
+                mark = "✔" if diff > width else ("≈" if diff >= -width else "✘")
+                bits.append(f"{diff:+.4g} vs {label} {mark}")
+            lines.append(f"- student at {steps_label(s)}: {st['mean']:.4g}; " + "; ".join(bits))
+    lines += ["", "![reward versus sampler steps](reward_vs_nfe.png)", "", "![samples](grid.png)", ""]
+    return "\n".join(lines)
+
+
+def write_eval_report(
+    out_dir: Path,
+    summary: dict[str, Any],
+    grid_images: dict[str, Tensor],
+    grid_rows: dict[str, str],
+    grid_scores: dict[str, Tensor],
+    grid_prompts: Sequence[str],
+) -> dict[str, Path]:
+    """``eval.json``, ``eval.md``, ``reward_vs_nfe.png`` and ``grid.png`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "eval.json", "markdown": out_dir / "eval.md",
+             "plot": out_dir / "reward_vs_nfe.png", "grid": out_dir / "grid.png"}
+    write_json_atomic(paths["json"], summary)
+    paths["markdown"].write_text(eval_markdown(summary), encoding="utf-8")
+    p = summary["prompts"]
+    what = "student vs base model" if summary.get("kind") == "run" else "base model"
+    reward_vs_nfe(
+        {m: {int(s): c for s, c in cells.items()} for m, cells in summary["results"].items()},
+        paths["plot"],
+        reference_steps=summary.get("teacher_steps"),
+        titles=reward_titles(summary.get("rewards", [])),
+        teacher_label=f"teacher ({summary.get('teacher_kind', 'ema')})",
+        names=list(summary.get("reward_names") or []) + list(summary.get("metric_names") or []) or None,
+        title=f"{summary.get('backbone', '')}: {what} — {p['count']} prompts × {p['images_per_prompt']}, same noise",
+    )
+    image_grid(
+        grid_images, grid_prompts, paths["grid"], columns=len(grid_prompts), rows=grid_rows, scores=grid_scores,
+        title="Same prompt and initial noise down each column; above each image: its reward",
+    )
+    return paths
