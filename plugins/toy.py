@@ -86,13 +86,31 @@ class ToyBackbone:
         return (x0.clamp(-1, 1) + 1) / 2
 
     def export(self, denoiser, directory, *, steps: int, lora_only: bool = False) -> Path:
+        """``denoiser.safetensors`` (a plain ToyDenoiser state dict, any LoRA merged), or with
+        ``lora_only`` the peft adapter tensors as ``lora.safetensors``; ``config.json`` records the
+        sampler steps."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in denoiser.state_dict().items()}
-        save_file(state, str(directory / "denoiser.safetensors"))
+        if lora_only:
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(denoiser)
+            if not state:
+                raise ValueError("lora_only export of a network without LoRA adapters")
+            filename = "lora.safetensors"
+        else:
+            if any("lora_" in name for name, _ in denoiser.named_parameters()):
+                import copy
+
+                from rats_core.export import merge_lora
+
+                denoiser = merge_lora(copy.deepcopy(denoiser))  # on a copy: training may go on
+            state = denoiser.state_dict()
+            filename = "denoiser.safetensors"
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / filename))
         (directory / "config.json").write_text(
             json.dumps({"backbone": "toy", "interpolation": self.interpolation, "resolution": self.resolution,
-                        "steps": steps})
+                        "steps": steps, "weights": filename})
         )
         return directory
 

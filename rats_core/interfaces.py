@@ -127,7 +127,12 @@ class Backbone(Protocol):
 
     def export(self, denoiser: nn.Module, directory: Path, *, steps: int, lora_only: bool = False) -> Path:
         """Write ``denoiser`` so it is usable without rats (a diffusers pipeline folder, or LoRA
-        safetensors when ``lora_only``), recording ``steps`` as the default number of sampler steps."""
+        safetensors when ``lora_only``), recording ``steps`` as the default number of sampler steps.
+
+        A ``denoiser`` carrying peft LoRA adapters is written merged when not ``lora_only``; merge a
+        copy (:func:`rats_core.export.merge_lora` on ``copy.deepcopy(denoiser)``), since training may
+        go on with the live network. An optional ``guidance_scale`` keyword, where accepted, receives
+        the student's guidance scale (``rats export`` passes it)."""
 
 
 @runtime_checkable

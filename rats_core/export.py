@@ -1,0 +1,225 @@
+"""``rats sample`` and ``rats export``: use a trained student outside the training loop.
+
+``rats export`` writes what the backbone's ``export()`` writes — for the diffusers backbones a
+complete pipeline folder that plain ``DiffusionPipeline.from_pretrained(DIR)`` loads, with the
+trained step count as its default — so the few-step student costs nothing extra at sampling time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cli import arg, command
+from .errors import UsageError
+
+#: written into every export folder (backbones put their own sampling settings in it; ``rats export``
+#: adds a ``run`` entry saying which run and checkpoint the weights come from)
+MANIFEST = "rats_export.json"
+
+# ----------------------------------------------------------------------------- LoRA
+
+
+def merge_lora(module: nn.Module) -> nn.Module:
+    """Fold every peft LoRA adapter into its base layer and remove the adapter modules, in place
+    (peft's ``merge_and_unload`` for a model that was injected rather than wrapped). Afterwards the
+    module has the base architecture's state-dict keys and computes what the adapted model did.
+    For backbones' ``export()``; call it on a copy (``copy.deepcopy``) to leave the student as it is."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [(name, m) for name, m in module.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in layers:
+        layer.merge(safe_merge=True)
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, layer.get_base_layer())
+    return module
+
+
+# ----------------------------------------------------------------------------- rats sample
+
+
+def sample_noise(backbone: Any, seed: int, prompt_index: int, count: int) -> torch.Tensor:
+    """Initial noise for the ``count`` images of prompt ``prompt_index``: depends only on the seed
+    and the prompt's position, so a prompt's images do not change with the batch around it."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + prompt_index)
+    return torch.randn(backbone.latent_shape(count), generator=g)
+
+
+def _slug(text: str, width: int = 48) -> str:
+    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    return s[:width].rstrip("-") or "prompt"
+
+
+def _parse_positive(text: str | None, what: str, default: int | None = None) -> int | None:
+    if text is None:
+        return default
+    t = str(text).strip()
+    if not t.isdigit() or int(t) < 1:
+        raise UsageError(f"{what} '{text}': expected a positive whole number")
+    return int(t)
+
+
+@command("sample", "generate images with a trained student (or its teacher / base model)")
+@arg("run_dir", help="a run folder (the output_dir of rats-run)")
+@arg("prompt", nargs="?", help="the prompt (or use --prompts FILE for many)")
+@arg("--prompts", metavar="FILE", help="a .txt/.jsonl file, one prompt per line; -o is then a folder")
+@arg("-o", "--output", metavar="OUT", required=True,
+     help="a .png file for one prompt (with --n > 1: OUT-0.png, OUT-1.png, ...), a folder with --prompts")
+@arg("--steps", metavar="K", help="sampler steps; default: the number the student was trained for")
+@arg("--n", metavar="N", default="1", help="images per prompt (default 1)")
+@arg("--seed", metavar="S", default="0", help="noise seed (default 0); the same seed gives the same images")
+@arg("--model", choices=("student", "teacher", "base"), default="student",
+     help="which network to sample (default: the trained student)")
+@arg("--guidance-scale", metavar="G", type=float, help="default: the config's student.guidance_scale")
+@arg("--checkpoint", metavar="PATH_OR_STEP", help="a checkpoint folder or step number; default: the latest")
+@arg("--device", help="cpu, cuda, cuda:N; default: train.device, else cuda when available")
+def cmd_sample(args: Any) -> int:
+    from .evaluate import generate
+    from .prompts import load_prompts
+    from .report import save_image
+    from .runs import check_output_path, check_run_dir, load_run, swapped_state
+
+    if (args.prompt is None) == (args.prompts is None):
+        raise UsageError('give either one prompt ("a photo of a cat") or --prompts FILE, not both or neither')
+    if args.prompt is not None and not args.prompt.strip():
+        raise UsageError("the prompt is empty")
+    n = _parse_positive(args.n, "--n")
+    seed_text = str(args.seed).strip()
+    if not re.fullmatch(r"\d+", seed_text):
+        raise UsageError(f"--seed '{args.seed}': expected a whole number ≥ 0")
+    seed = int(seed_text)
+    steps = _parse_positive(args.steps, "--steps")
+    check_run_dir(args.run_dir)
+    batch = args.prompts is not None
+    out = Path(args.output).expanduser()
+    if not batch and out.suffix.lower() != ".png":
+        raise UsageError(f"-o {out}: expected a file name ending in .png (use --prompts FILE -o FOLDER for many)")
+    out = check_output_path(out, folder=batch)
+    prompts = load_prompts(args.prompts, Path.cwd(), "--prompts") if batch else [args.prompt]
+
+    run = load_run(args.run_dir, args.checkpoint, teacher=args.model == "teacher", base=args.model == "base",
+                   device=args.device)
+    backbone = run.components.backbone
+    steps = steps or run.trained_steps
+    guidance = args.guidance_scale if args.guidance_scale is not None else run.cfg.student.guidance_scale
+    network = run.teacher if args.model == "teacher" else run.student
+    swap = swapped_state(run.student, run.base_state) if args.model == "base" else contextlib.nullcontext()
+
+    written = []
+    index = []
+    from tqdm.auto import tqdm
+
+    with swap, tqdm(total=len(prompts) * n, desc="sampling", unit="img", disable=len(prompts) * n < 4) as bar:
+        for j, prompt in enumerate(prompts):
+            noise = sample_noise(backbone, seed, j, n)
+            images = generate(backbone, network, [prompt] * n, steps, noise, batch_size=max(1, run.cfg.eval.batch_size),
+                              guidance_scale=guidance, device=run.device)
+            for i, img in enumerate(images):
+                if batch:
+                    path = out / (f"{j:04d}-{_slug(prompt)}" + (f"-{i}" if n > 1 else "") + ".png")
+                else:
+                    path = out if n == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+                save_image(img, path)
+                written.append(path)
+                index.append({"file": path.name, "prompt": prompt, "seed": seed, "image": i, "steps": steps,
+                              "model": args.model})
+            bar.update(n)
+    if batch:
+        with open(out / "index.jsonl", "w", encoding="utf-8") as fh:
+            for row in index:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        print(f"wrote {len(written)} images and index.jsonl to {out} ({args.model}, {steps} steps)", file=sys.stderr)
+    else:
+        print(f"wrote {', '.join(str(p) for p in written)} ({args.model}, {steps} steps)", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------- rats export
+
+
+def export_run(
+    run_dir: str | Path,
+    output: str | Path,
+    *,
+    lora_only: bool = False,
+    checkpoint: str | Path | None = None,
+    overwrite: bool = False,
+    device: str | None = "cpu",
+) -> Path:
+    """Export a run's student with its backbone's ``export()`` into ``output``.
+
+    Default: a complete model (a diffusers pipeline folder for the diffusers backbones; the backbone
+    merges the adapter of a LoRA run into the weights it writes). ``lora_only``: only the adapter,
+    for LoRA runs. The folder is written beside ``output`` and renamed into place when complete;
+    ``rats_export.json`` in it gains a ``run`` entry naming the run and checkpoint.
+    """
+    from .runs import check_output_path, check_run_dir, load_run
+
+    run_dir = check_run_dir(run_dir)
+    out = Path(output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out}: is a file, expected a folder to create")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"-o {out}: exists and is not empty; choose a new folder or pass --overwrite")
+    check_output_path(out.parent, folder=True)
+    run = load_run(run_dir, checkpoint, teacher=False, base=False, device=device)
+    if lora_only and not run.is_lora:
+        raise UsageError(
+            f"--lora-only: {run_dir} trained the whole network (its config has no student.lora), so there is no "
+            "LoRA to write; export without --lora-only for a complete model"
+        )
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    backbone = run.components.backbone
+    kwargs: dict[str, Any] = {"steps": run.trained_steps, "lora_only": lora_only}
+    if "guidance_scale" in inspect.signature(backbone.export).parameters:
+        kwargs["guidance_scale"] = run.cfg.student.guidance_scale
+    try:
+        # The backbone merges a LoRA into the written weights itself (see Backbone.export).
+        backbone.export(run.student, tmp, **kwargs)
+        manifest_path = tmp / MANIFEST
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        manifest["run"] = {
+            "run_dir": str(run_dir),
+            "checkpoint": str(run.checkpoint),
+            "checkpoint_step": run.step,
+            "backbone": run.cfg.backbone.name,
+            "steps": run.trained_steps,
+            "guidance_scale": run.cfg.student.guidance_scale,
+            "content": "lora" if lora_only else ("merged lora" if run.is_lora else "full"),
+        }
+        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+@command("export", "write the trained student as a standalone model (a diffusers pipeline folder, or a LoRA)")
+@arg("run_dir", help="a run folder (the output_dir of rats-run)")
+@arg("-o", "--output", metavar="DIR", required=True, help="folder to create")
+@arg("--lora-only", action="store_true", help="LoRA runs: write only the adapter weights instead of a merged model")
+@arg("--checkpoint", metavar="PATH_OR_STEP", help="a checkpoint folder or step number; default: the latest")
+@arg("--overwrite", action="store_true", help="replace DIR if it exists")
+@arg("--device", default="cpu", help="where to load and merge the weights (default cpu)")
+def cmd_export(args: Any) -> int:
+    out = export_run(args.run_dir, args.output, lora_only=args.lora_only, checkpoint=args.checkpoint,
+                     overwrite=args.overwrite, device=args.device)
+    kind = "LoRA adapter" if args.lora_only else "model"
+    print(f"exported the {kind} to {out}", file=sys.stderr)
+    return 0
