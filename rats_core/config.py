@@ -396,5 +396,11 @@ def check_components(cfg: RatsConfig, source: str = "config") -> None:
         check("horizons", cfg.horizons, "horizons")
         for i, m in enumerate(cfg.eval.metrics):
             check("metrics", m, f"eval.metrics.{i}")
+        from .prompts import load_prompts
+
+        load_prompts(cfg.data.prompts, cfg.base_dir, "data.prompts")
+        for key, spec in (("data.eval_prompts", cfg.data.eval_prompts), ("eval.prompts", cfg.eval.prompts)):
+            if spec is not None:
+                load_prompts(spec, cfg.base_dir, key)
     except ConfigError as exc:
         raise type(exc)(f"{source}: {exc}") from None

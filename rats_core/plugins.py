@@ -140,18 +140,22 @@ def get_registry() -> Registry:
             # in messages and so the order of `rats plugins` is stable.
             for impl in hook.get_hookimpls():
                 plugin_name = impl.plugin_name
+                pending: list[tuple[str, Any]] = []
 
-                def register(name, factory, _kind=kind, _plugin=plugin_name):
-                    registry.add(_kind, name, factory, _plugin)
+                def register(name, factory, _pending=pending, _kind=kind, _plugin=plugin_name):
+                    Registry.check_entry(_kind, name, factory, _plugin)
+                    _pending.append((name, factory))
 
                 try:
                     impl.function(register=register)
-                except DuplicateComponentError:
-                    raise
                 except Exception as exc:
-                    registry.errors[plugin_name] = (
-                        f"raised in register_{kind}: {type(exc).__name__}: {exc}"
-                    )
+                    # all or nothing: a hook that raises half-way registers none of its components
+                    message = f"raised in register_{kind}: {type(exc).__name__}: {exc}"
+                    previous = registry.errors.get(plugin_name)
+                    registry.errors[plugin_name] = f"{previous}; {message}" if previous else message
+                    continue
+                for name, factory in pending:
+                    registry.add(kind, name, factory, plugin_name)
         _registry = registry
     return _registry
 

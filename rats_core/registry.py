@@ -61,8 +61,10 @@ class Component:
         kwargs = self.validate_options(options, where)
         try:
             return self.factory(**kwargs)
-        except RatsError:
-            raise
+        except RatsError as exc:
+            # name the config key the component came from (e.g. `rewards.2`), once
+            text = str(exc)
+            raise type(exc)(text if text.startswith(f"{where}") else f"{where}: {text}") from None
         except ValueError as exc:  # factories reject bad option values with ValueError
             raise ConfigError(f"{where}: {exc}") from None
         except Exception as exc:  # a plugin bug or a bad option value it rejected itself
@@ -128,10 +130,7 @@ class Registry:
     errors: dict[str, str] = field(default_factory=dict)
 
     def add(self, kind: str, name: str, factory: Callable[..., Any], plugin: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"plugin {plugin} registered a {SINGULAR[kind]} with an invalid name {name!r}")
-        if not callable(factory):
-            raise TypeError(f"plugin {plugin} registered {SINGULAR[kind]} '{name}' with a non-callable factory")
+        self.check_entry(kind, name, factory, plugin)
         existing = self.components[kind].get(name)
         if existing is not None:
             raise DuplicateComponentError(
@@ -139,6 +138,14 @@ class Registry:
                 f"Uninstall one, or restrict plugins with RATS_LOAD_PLUGINS."
             )
         self.components[kind][name] = Component(kind, name, factory, plugin)
+
+    @staticmethod
+    def check_entry(kind: str, name: Any, factory: Any, plugin: str) -> None:
+        """TypeError for a registration that can never work (empty name, non-callable factory)."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"plugin {plugin} registered a {SINGULAR[kind]} with an invalid name {name!r}")
+        if not callable(factory):
+            raise TypeError(f"plugin {plugin} registered {SINGULAR[kind]} '{name}' with a non-callable factory")
 
     def get(self, kind: str, name: str) -> Component:
         table = self.components[kind]
