@@ -140,11 +140,12 @@ def locate_weights(
         found = Source(source, local.resolve(), backbone)
     elif _looks_local(source):
         raise WeightsNotFoundError(
-            f"{backbone}: no such folder: {source}. Point backbone.path at a diffusers pipeline folder "
-            f"or a Hub id (default: {default_id})"
+            f"{backbone}: no such folder: {source}. Set backbone.path to a diffusers pipeline folder "
+            f"(e.g. {_override_hint(backbone)}) or a Hub id (default: {default_id})"
         )
     else:
-        found = Source(source, _from_hub(source, backbone, revision=revision, variant=variant, skip=skip), backbone)
+        folder = _from_hub(source, backbone, parts, revision=revision, variant=variant, skip=skip)
+        found = Source(source, folder, backbone)
     check_parts(found, parts)
     check_pipeline_class(found)
     return found
@@ -157,7 +158,7 @@ def check_parts(source: Source, parts: Sequence[Part]) -> None:
             raise WeightsNotFoundError(
                 f"{source.backbone}: {source.model_id} has no '{part.folder}/' ({part.what}); expected a complete "
                 f"diffusers pipeline folder with {', '.join(p.folder + '/' for p in parts)}. "
-                f"Point {_override_hint(source.backbone)} at a complete folder"
+                f"Use a complete folder: {_override_hint(source.backbone)}"
             )
 
 
@@ -201,28 +202,34 @@ def _offline() -> bool:
         return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
-def _from_hub(model_id: str, backbone: str, *, revision: str | None, variant: str | None, skip: Sequence[str]) -> Path:
+def _from_hub(model_id: str, backbone: str, parts: Sequence[Part], *, revision: str | None, variant: str | None,
+              skip: Sequence[str]) -> Path:
     """The cached snapshot folder of a Hub pipeline: the cache first, a download only when reachable."""
     from diffusers import DiffusionPipeline
 
     hint = _override_hint(backbone)
     # `skip` components are passed as None so the Hub download leaves them out (1.2 GB safety checker).
     kwargs: dict[str, Any] = {"revision": revision, "variant": variant, **{k: None for k in skip}}
+    cached: Path | None = None
     try:
-        return Path(DiffusionPipeline.download(model_id, local_files_only=True, **kwargs))
-    except Exception as exc:  # not cached (or a partial cache): fall through to a download
+        cached = Path(DiffusionPipeline.download(model_id, local_files_only=True, **kwargs))
+        check_parts(Source(model_id, cached, backbone), parts)
+        return cached
+    except Exception as exc:  # not cached, or a partial cache: a download may complete it
         cache_error = exc
+    if cached is not None and (_offline() or not _hub_reachable()):
+        raise cache_error  # the partial cache's own message names the missing part
     if _offline():
         raise WeightsNotFoundError(
             f"{backbone}: weights for '{model_id}' are not in the local Hugging Face cache and HF_HUB_OFFLINE is "
-            f"set. Download them where there is network (`hf download {model_id}`), or point {hint} at a local "
-            f"diffusers folder"
+            f"set. Download them where there is network (`hf download {model_id}`), or use a local diffusers "
+            f"folder: {hint}"
         ) from None
     if not _hub_reachable():
         raise WeightsNotFoundError(
             f"{backbone}: weights for '{model_id}' are not in the local Hugging Face cache and the Hub is not "
-            f"reachable from here. Download them where there is network (`hf download {model_id}`), or point "
-            f"{hint} at a local diffusers folder"
+            f"reachable from here. Download them where there is network (`hf download {model_id}`), or use a "
+            f"local diffusers folder: {hint}"
         ) from None
     log.info("downloading %s from the Hub (cache miss: %s)", model_id, cache_error)
     try:
@@ -237,7 +244,7 @@ def _from_hub(model_id: str, backbone: str, *, revision: str | None, variant: st
         else:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else kind
             why = f"downloading '{model_id}' failed ({kind}: {first[:200]})"
-        raise WeightsNotFoundError(f"{backbone}: {why}; or point {hint} at a local diffusers folder") from None
+        raise WeightsNotFoundError(f"{backbone}: {why}; or use a local diffusers folder: {hint}") from None
 
 
 def load_part(
@@ -265,7 +272,7 @@ def load_part(
             raise
         raise WeightsNotFoundError(
             f"{source.backbone}: cannot load '{part.folder}/' ({part.what}) of {source.model_id}: {first[:240]}. "
-            f"Point {_override_hint(source.backbone)} at a complete diffusers folder"
+            f"Use a complete diffusers folder: {_override_hint(source.backbone)}"
         ) from None
 
 
