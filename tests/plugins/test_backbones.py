@@ -451,6 +451,9 @@ def test_hub_id_is_found_in_the_local_cache_offline(tiny_dir, empty_hub_cache):
     (repo / "refs" / "main").write_text("0" * 40)
     bb = get_registry().build("backbones", "pixart", {"resolution": tiny.RESOLUTION})
     assert bb.source.model_id == DEFAULT_IDS["pixart"] and bb.source.folder.is_relative_to(repo)
+    shutil.rmtree(repo / "snapshots" / ("0" * 40) / "vae")  # a partial cache, offline: name what is missing
+    with pytest.raises(WeightsNotFoundError, match=r"PixArt-alpha/PixArt-XL-2-512x512 has no 'vae/'.*backbone.path="):
+        get_registry().build("backbones", "pixart", {"resolution": tiny.RESOLUTION})
 
 
 def test_unreachable_hub_fails_at_once_without_waiting_for_timeouts(empty_hub_cache, monkeypatch):
