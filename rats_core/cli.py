@@ -126,7 +126,13 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`rats eval RUN --steps 2 eval.seed=3`)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides or []) + extra
+        else:
+            parser.parse_args(argv)  # let argparse report the unrecognised arguments
     if not getattr(args, "_fn", None):
         parser.print_help()
         return 2

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import fcntl
+import inspect
 import json
 import logging
 import math
@@ -396,6 +397,13 @@ class Trainer:
             ckpt.save_tensor_file(self.base_state, tmp)
             os.replace(tmp, path)
 
+    def _absolute(self, value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            candidate = self.cfg.resolve_path(value)
+            if candidate.exists():
+                return str(candidate.resolve())
+        return value
+
     def _resume_target(self) -> Path | None:
         mode = self.cfg.train.resume
         latest = ckpt.latest_checkpoint(self.output_dir)
@@ -415,6 +423,15 @@ class Trainer:
 
     def _write_run_files(self) -> None:
         resolved = self.cfg.to_dict()
+        # Paths in the YAML were relative to its folder; the run folder lives elsewhere, so store
+        # the ones that name existing files or folders as absolute paths.
+        resolved["output_dir"] = str(self.output_dir)
+        for section, key in (("data", "prompts"), ("data", "eval_prompts"), ("eval", "prompts")):
+            resolved[section][key] = self._absolute(resolved[section][key])
+        resolved["backbone"]["path"] = self._absolute(resolved["backbone"].get("path"))
+        for r in resolved["rewards"]:
+            if "path" in r:
+                r["path"] = self._absolute(r["path"])
         text = "# resolved configuration of this run; rerun with: rats-run config.yaml\n" + yaml.safe_dump(
             resolved, sort_keys=False
         )
@@ -675,8 +692,11 @@ class Trainer:
             import shutil
 
             shutil.rmtree(tmp)
+        kwargs: dict[str, Any] = {}
+        if "guidance_scale" in inspect.signature(self.backbone.export).parameters:
+            kwargs["guidance_scale"] = self.cfg.student.guidance_scale
         self.backbone.export(
-            self.student, tmp, steps=self.cfg.student.steps, lora_only=self.cfg.student.lora is not None
+            self.student, tmp, steps=self.cfg.student.steps, lora_only=self.cfg.student.lora is not None, **kwargs
         )
         if target.exists():
             import shutil
