@@ -142,6 +142,19 @@ def test_lora_targets_exist_in_the_architecture(case, load):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_project_wide_backbone_contract(case, load):
+    """The contract every registered backbone meets (tests/core/test_contracts.py skips these for
+    want of weights; here they get their tiny ones)."""
+    path = REPO / "tests" / "core" / "test_contracts.py"
+    if not path.is_file():
+        pytest.skip("tests/core/test_contracts.py is not in this checkout")
+    spec = importlib.util.spec_from_file_location("rats_test_contracts", path)
+    contracts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(contracts)
+    contracts.check_backbone(load(case))
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_protocol_shapes(case, load):
     bb = load(case)
     assert isinstance(bb, Backbone)
