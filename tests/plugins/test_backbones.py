@@ -11,7 +11,6 @@ Every x0-prediction is checked against diffusers itself, not against a re-deriva
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
