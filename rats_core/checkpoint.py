@@ -169,8 +169,21 @@ def commit_save(tmp: Path, output_dir: Path, step: int, keep: int) -> Path:
     finally:
         os.close(fd)
     for _, p in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
+        _remove_checkpoint(p)
     return final
+
+
+def _remove_checkpoint(folder: Path) -> None:
+    """Rename first, then delete: a process killed while deleting leaves a ``.old_`` folder that
+    nothing reads, never a half-deleted ``step_*`` folder that looks like a checkpoint."""
+    trash = folder.with_name(f".old_{folder.name}")
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        trash = folder
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
