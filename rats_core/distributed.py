@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -22,35 +21,29 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def setup(device: str | None = None) -> DistInfo:
     """Initialise (once) the process group DeepSpeed needs and return this process's place in it.
 
-    Without a launcher, a one-rank group is created on 127.0.0.1 with a free port (environment
-    variables already set are respected). CPU runs use gloo, CUDA runs nccl.
+    Without a launcher (no RANK/WORLD_SIZE in the environment), a one-rank group is created over
+    an in-memory store. CPU runs use gloo, CUDA runs nccl.
     """
     import deepspeed
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if not dist.is_initialized():
-        if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
-            os.environ["MASTER_ADDR"] = os.environ.get("MASTER_ADDR", "127.0.0.1")
-            os.environ["MASTER_PORT"] = os.environ.get("MASTER_PORT", str(_free_port()))
-            os.environ["RANK"] = "0"
-            os.environ["LOCAL_RANK"] = "0"
-            os.environ["WORLD_SIZE"] = "1"
-        if dev.type == "cpu":
-            # DeepSpeed JIT-compiles a shared-memory comm op (~30 s) on first start; it only speeds
-            # up several CPU processes on one machine, so skip it.
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend="gloo" if dev.type == "cpu" else "nccl", verbose=False)
+    backend = "gloo" if dev.type == "cpu" else "nccl"
+    if dev.type == "cpu":
+        # DeepSpeed JIT-compiles a shared-memory comm op (~30 s) on first start; it only speeds
+        # up several CPU processes on one machine, so skip it.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if not dist.is_initialized() and "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:
+        # No launcher: a one-rank group over an in-memory store. No port is opened and nothing is
+        # written to os.environ, so subprocesses (and a second run) never inherit a stale address.
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine insists on reading it
+    if not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     rank = dist.get_rank()
     world = dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", rank))

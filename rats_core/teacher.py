@@ -9,10 +9,21 @@ import torch
 from torch import nn
 
 
-def make_teacher(student: nn.Module) -> nn.Module:
-    """A frozen, independent copy of ``student`` in eval mode (no gradient, no optimizer state)."""
-    teacher = copy.deepcopy(student)
-    teacher.requires_grad_(False)
+def make_teacher(student: nn.Module, share_frozen: bool = False) -> nn.Module:
+    """A frozen copy of ``student`` in eval mode (no gradient, no optimizer state).
+
+    ``share_frozen``: parameters the student does not train (a LoRA run's base weights) are shared
+    with the student instead of copied, so the teacher costs only the trainable tensors.
+    """
+    memo: dict[int, object] = {}
+    if share_frozen:
+        for p in student.parameters():
+            if not p.requires_grad:
+                memo[id(p)] = p
+    teacher = copy.deepcopy(student, memo)
+    for p in teacher.parameters():
+        if id(p) not in memo:
+            p.requires_grad_(False)
     teacher.eval()
     return teacher
 
@@ -39,12 +50,12 @@ class Teacher:
     Only the student's trainable parameters are tracked (with LoRA: the adapter weights).
     """
 
-    def __init__(self, student: nn.Module, kind: str = "ema", decay: float = 0.99):
+    def __init__(self, student: nn.Module, kind: str = "ema", decay: float = 0.99, share_frozen: bool = False):
         if kind not in ("ema", "frozen"):
             raise ValueError(f"teacher kind must be 'ema' or 'frozen', got {kind!r}")
         self.kind = kind
         self.decay = decay
-        self.module = make_teacher(student)
+        self.module = make_teacher(student, share_frozen=share_frozen)
         self.names = [n for n, p in student.named_parameters() if p.requires_grad]
         params = dict(self.module.named_parameters())
         self._params = [params[n] for n in self.names]

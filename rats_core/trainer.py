@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import inspect
 import json
@@ -312,12 +313,17 @@ class Trainer:
             self.backbone.denoiser = student
         else:
             student.requires_grad_(True)
+        if callable(getattr(self.backbone, "to", None)):
+            self.backbone.to(device)  # frozen parts (text encoders, VAE) next to the denoiser
         student.to(device)
         student.train()
         self.trainable_names = [n for n, p in student.named_parameters() if p.requires_grad]
         if not self.trainable_names:
             raise ConfigError("the student has no trainable parameters")
-        self.teacher = Teacher(student, kind=cfg.teacher.kind, decay=cfg.teacher.ema_decay)
+        stage = int((cfg.deepspeed.get("zero_optimization") or {}).get("stage", 0))
+        # Below ZeRO-3 the teacher shares the student's frozen tensors (a LoRA run's teacher then
+        # costs only the adapters); ZeRO-3 partitions them, so the teacher needs its own copy.
+        self.teacher = Teacher(student, kind=cfg.teacher.kind, decay=cfg.teacher.ema_decay, share_frozen=stage < 3)
 
         self.prompts = load_prompts(cfg.data.prompts, cfg.base_dir, "data.prompts")
         if cfg.loss.beta > 0:
@@ -684,13 +690,27 @@ class Trainer:
     # -- end of run
 
     def export(self) -> Path | None:
-        if not self.cfg.train.export or not self.dist.is_main:
+        """Write the student so it runs without rats (rank 0; ZeRO-3 shards are gathered first)."""
+        if not self.cfg.train.export:
             return None
+        gather = contextlib.nullcontext()
+        if self.zero_stage == 3:  # every rank must take part in the gather
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters(list(self.student.parameters()), modifier_rank=None)
+        target = None
+        with gather:
+            if self.dist.is_main:
+                target = self._export_to_folder()
+        barrier()
+        return target
+
+    def _export_to_folder(self) -> Path:
+        import shutil
+
         target = self.output_dir / ("export_lora" if self.cfg.student.lora is not None else "export")
         tmp = target.with_name(f".{target.name}.tmp")
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         kwargs: dict[str, Any] = {}
         if "guidance_scale" in inspect.signature(self.backbone.export).parameters:
@@ -699,8 +719,6 @@ class Trainer:
             self.student, tmp, steps=self.cfg.student.steps, lora_only=self.cfg.student.lora is not None, **kwargs
         )
         if target.exists():
-            import shutil
-
             shutil.rmtree(target)
         os.replace(tmp, target)
         return target
