@@ -259,3 +259,43 @@ def test_config_values_never_reach_a_shell(capsys, tmp_path):
     assert rc == 0, err
     assert not marker.exists()
     assert out.is_dir() and (out / "checkpoints").is_dir()  # the folder has exactly that name
+
+
+# ----------------------------------------------------------------------------- the other commands read run folders too
+
+
+def _argv(command: str, run: Path, tmp_path: Path) -> list:
+    if command == "sample":
+        return ["sample", run, "a cat", "-o", tmp_path / "out.png"]
+    return [command, run, "-o", tmp_path / f"{command}_out"]
+
+
+@pytest.mark.parametrize("command", ["eval", "sample", "export"])
+def test_run_folder_commands_refuse_hostile_files(capsys, tmp_path, command):
+    """``rats eval/sample/export RUN``: a run folder that is not one, a code-carrying pickle in place of
+    the student weights, and a python tag in the run's config.yaml — refused, nothing run or written."""
+    rc, _, err = cli(capsys, *_argv(command, tmp_path / "nowhere", tmp_path))
+    assert_clean_error(rc, err, "nowhere")
+    (tmp_path / "empty_dir").mkdir()
+    rc, _, err = cli(capsys, *_argv(command, tmp_path / "empty_dir", tmp_path))
+    assert_clean_error(rc, err, "not a rats run folder")
+
+    cfg = write_config(tmp_path, train={"steps": 2, "checkpoint_every": 0})
+    rc, _, err = cli_run(capsys, cfg)
+    assert rc == 0, err
+    run = tmp_path / "run"
+    marker = tmp_path / "pwned"
+    student = ckpt.checkpoint_dir(run) / ckpt.step_name(2) / "student.safetensors"
+    good = student.read_bytes()
+    _evil_pickle(student, marker)
+    rc, _, err = cli(capsys, *_argv(command, run, tmp_path))
+    assert_clean_error(rc, err, "student.safetensors", "not a readable safetensors file")
+    student.write_bytes(good)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("\nseed: 0", f"\nseed: !!python/object/apply:os.system ['touch {marker}']"))
+    rc, _, err = cli(capsys, *_argv(command, run, tmp_path))
+    assert_clean_error(rc, err, "config.yaml:", "could not determine a constructor")
+    assert not marker.exists()
+    # no output written (`rats eval -o DIR` does create DIR itself before reading the run: left empty)
+    outputs = [p for p in tmp_path.iterdir() if p.name.startswith(("out", f"{command}_out"))]
+    assert not [f for p in outputs for f in ([p] if p.is_file() else p.rglob("*"))]
