@@ -49,29 +49,41 @@ def rollout(
     keep_set = set(range(n)) if keep is None else set(keep)
     x = initial_latents(noise, sigmas[0], backbone.interpolation)
     out = Rollout(sigmas=sigmas)
+    # Read once: testing `sigmas[j + 1] > 0` on a GPU tensor every step would synchronise each step.
+    last_step = [s > 0 for s in sigmas.tolist()[1:]]
+    dtype = _param_dtype(denoiser)
+    grad_enabled = torch.is_grad_enabled()
     for j in range(n):
         sigma, sigma_next = sigmas[j], sigmas[j + 1]
         chain = j >= first_chain
         with_grad = chain or j in local
         if not chain:
             x = x.detach()
-        with torch.enable_grad() if with_grad and torch.is_grad_enabled() else torch.no_grad():
-            if with_grad and checkpointing and torch.is_grad_enabled():
+        with torch.enable_grad() if with_grad and grad_enabled else torch.no_grad():
+            if with_grad and checkpointing and grad_enabled:
                 x0 = checkpoint(
-                    _predict, backbone, denoiser, x, sigma, cond, guidance_scale, use_reentrant=False
+                    _predict, backbone, denoiser, x, sigma, cond, guidance_scale, dtype, use_reentrant=False
                 )
             else:
-                x0 = _predict(backbone, denoiser, x, sigma, cond, guidance_scale)
+                x0 = _predict(backbone, denoiser, x, sigma, cond, guidance_scale, dtype)
         if j in keep_set:
             out.x0[j] = x0
         step_x0 = x0 if chain else x0.detach()
-        x = ddim_step(x, step_x0, sigma, sigma_next, backbone.interpolation) if float(sigma_next) > 0 else step_x0
+        x = ddim_step(x, step_x0, sigma, sigma_next, backbone.interpolation) if last_step[j] else step_x0
     out.final = x
     return out
 
 
-def _predict(backbone: Backbone, denoiser: nn.Module, x: Tensor, sigma: Tensor, cond: Any, guidance_scale: float) -> Tensor:
-    dtype = _param_dtype(denoiser)
+def _predict(
+    backbone: Backbone,
+    denoiser: nn.Module,
+    x: Tensor,
+    sigma: Tensor,
+    cond: Any,
+    guidance_scale: float,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    dtype = dtype or _param_dtype(denoiser)
     if dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(x.device.type):
         # A low-precision network (e.g. DeepSpeed bf16) sees float32 latents and text features:
         # autocast casts them at each op, so backbones need no dtype plumbing of their own.
