@@ -101,6 +101,13 @@ class TeacherConfig(_Strict):
     #: ``superset``: the teacher schedule is built to contain every student σ;
     #: ``nearest``: use the backbone's N-step schedule and match the nearest σ (warns when inexact)
     alignment: Literal["superset", "nearest"] = "superset"
+    #: compile the teacher's network with ``torch.compile`` (its N no-gradient forward passes dominate
+    #: a step); a one-off compile time for faster steps, mainly on GPUs
+    compile: bool = False
+    #: reuse the teacher's rollout (x0 at the student's σ's and reward) when a (prompts, noise) batch
+    #: comes back; needs ``kind: frozen`` (an EMA teacher changes every step) and ``data.noise_pool``
+    #: (otherwise no batch ever repeats)
+    cache: bool = False
 
 
 class LossConfig(_Strict):
@@ -148,6 +155,9 @@ class DataConfig(_Strict):
     prompts: list[str] | str = Field(default_factory=lambda: ["a photo of a cat"])
     #: held-out prompts for evaluation (same forms)
     eval_prompts: list[str] | str | None = None
+    #: cycle over this many fixed global batches of (prompts, initial noise) instead of drawing fresh
+    #: noise every step (``null``, the paper's setting); what lets ``teacher.cache`` hit
+    noise_pool: int | None = Field(default=None, gt=0)
 
 
 class MetricConfig(_Component):
@@ -212,6 +222,16 @@ class RatsConfig(_Strict):
         if self.student.grad_steps > self.student.steps:
             raise ValueError(
                 f"student.grad_steps ({self.student.grad_steps}) cannot exceed student.steps ({self.student.steps})"
+            )
+        if self.teacher.cache and self.teacher.kind != "frozen":
+            raise ValueError(
+                "teacher.cache needs teacher.kind=frozen: the EMA teacher changes after every step, so its "
+                "rollouts cannot be reused"
+            )
+        if self.teacher.cache and self.data.noise_pool is None:
+            raise ValueError(
+                "teacher.cache needs data.noise_pool (e.g. data.noise_pool=64): with fresh noise every step "
+                "no (prompts, noise) batch repeats, so the cache would only grow"
             )
         zero = self.deepspeed.get("zero_optimization") or {}
         if not isinstance(zero, dict):

@@ -57,7 +57,8 @@ class ObjectiveSettings:
 class TeacherOutput:
     x0: dict[int, Tensor]  # keyed by *student* step
     final: Tensor
-    images: Tensor
+    #: the decoded final sample; ``None`` in outputs kept by a TeacherCache (the loss does not use it)
+    images: Tensor | None
     reward: Tensor
     parts: dict[str, Tensor]
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+import dataclasses
+from typing import Any, Hashable, Iterable
 
 import torch
 from torch import nn
@@ -90,3 +91,33 @@ class Teacher:
             raise KeyError(f"teacher state lacks {missing[:3]}")
         for n, p in zip(self.names, self._params):
             p.copy_(state[n].to(p.dtype))
+
+
+class TeacherCache:
+    """A frozen teacher's rollouts, kept per data batch and reused when the batch comes back.
+
+    Only sound when the teacher never changes (``teacher.kind: frozen``) and batches repeat
+    (``data.noise_pool``); the config enforces both. The decoded images are not kept.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[Hashable, Any] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> Any | None:
+        out = self._store.get(key)
+        if out is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return out
+
+    def put(self, key: Hashable, out: Any) -> None:
+        self._store[key] = dataclasses.replace(out, images=None)
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def __len__(self) -> int:
+        return len(self._store)

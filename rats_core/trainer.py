@@ -34,7 +34,7 @@ from .objective import ObjectiveSettings, RatsObjective
 from .plugins import get_registry
 from .prompts import PromptSampler, load_prompts
 from .rewards import RewardSet, WeightedReward
-from .teacher import Teacher
+from .teacher import Teacher, TeacherCache
 from .timing import PhaseTimer
 
 log = logging.getLogger("rats")
@@ -378,6 +378,9 @@ class Trainer:
             self.engine.enable_backward_allreduce = False
         # The teacher stays in float32 even for bf16 runs: EMA updates of (1 − μ)·Δ vanish in bf16.
         self.teacher.module.to(device)
+        #: what the training step calls for the teacher's rollout (the same parameters, compiled or not)
+        self.teacher_net = torch.compile(self.teacher.module) if cfg.teacher.compile else self.teacher.module
+        self.teacher_cache = TeacherCache() if cfg.teacher.cache else None
 
         try:
             if cfg.eval.at_end:
@@ -539,14 +542,28 @@ class Trainer:
         accum = cfg.train.gradient_accumulation
         sums: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
+        pool = cfg.data.noise_pool
         for micro in range(accum):
             index = self.step * accum + micro
+            if pool:  # a fixed pool of (prompts, noise) batches, cycled
+                index %= pool
             prompts = self.sampler.batch(index, d.rank, d.world_size)
             noise = batch_noise(
                 self.backbone, cfg.seed, index, self.global_batch, d.rank, cfg.train.batch_size
             ).to(d.device)
+            cond = teacher_out = None
+            if self.teacher_cache is not None:
+                teacher_out = self.teacher_cache.get(index)
+                if teacher_out is None:
+                    with self.timer.phase("encode_prompts"), torch.no_grad():
+                        cond = self.backbone.encode_prompts(prompts)
+                    with self.timer.phase("teacher_rollout"):
+                        teacher_out = self.objective.teacher_rollout(self.teacher_net, noise, cond, prompts)
+                    self.teacher_cache.put(index, teacher_out)
             try:
-                loss, metrics = self.objective(self.engine, self.teacher.module, prompts, noise)
+                loss, metrics = self.objective(
+                    self.engine, self.teacher_net, prompts, noise, cond=cond, teacher_out=teacher_out
+                )
             except RatsError:
                 raise
             bad = any_rank(not bool(torch.isfinite(loss)), d.device)
