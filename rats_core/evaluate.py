@@ -495,7 +495,6 @@ def cmd_eval(args: Any) -> int:
         raise UsageError(f"--grid-prompts '{args.grid_prompts}': give one number")
     is_run = target.is_dir()
     out = Path(args.output) if args.output else (target / "eval" if is_run else Path.cwd() / f"eval-{target.stem}")
-    out = check_output_path(out, folder=True)
 
     if is_run:
         run = load_run(target, args.checkpoint, overrides=args.overrides, device=args.device)
@@ -517,6 +516,7 @@ def cmd_eval(args: Any) -> int:
         teacher, base_state, run = None, None, None
 
     prompts, prompt_source = _load_eval_prompts(args.prompts, cfg, target if is_run else None)
+    out = check_output_path(out, folder=True)  # only once the inputs are known good: nothing left behind
     k = run.trained_steps if run is not None else cfg.student.steps
     steps = steps or cfg.eval.steps or sorted(set(DEFAULT_EVAL_STEPS) | {k})
     n = teacher_steps[0] if teacher_steps else (cfg.eval.teacher_steps or cfg.teacher.steps)
