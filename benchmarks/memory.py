@@ -97,6 +97,7 @@ def backbone_runs(names: list[str], tmp: Path) -> dict[str, tuple[Path, list[str
 
 def build_wide_digits(folder: Path, width: int) -> int:
     """A digits-architecture model folder with channels (width, 2·width, 2·width), random weights."""
+    import rats_core  # noqa: F401  (CPU torchvision guard before diffusers)
     import torch
     from diffusers import UNet2DConditionModel
 

@@ -1,0 +1,175 @@
+"""Smoke tests of benchmarks/*.py at their smallest settings (toy backbone): each runs and prints one
+JSON object with its keys. No timing is asserted. Also the speed options the benchmarks measure
+(teacher.cache with data.noise_pool, teacher.compile) behave as documented."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rats_core.config import load_config
+from rats_core.errors import ConfigError
+from rats_core.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+TOY = BENCH / "configs" / "toy.yaml"
+
+
+def bench(script: str, *args: str, timeout: float = 600) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # exactly one JSON object on stdout
+
+
+def test_overhead_reports_a_ratio():
+    out = bench("overhead.py", str(TOY), "--steps", "2", "--block", "1", "--warmup", "1", "--threads", "1")
+    assert out["benchmark"] == "overhead" and out["backbone"] == "toy"
+    for key in ("ratio", "bare_step_s", "rats_step_s", "block_ratio_median", "cpu_ratio", "machine"):
+        assert key in out, key
+    assert out["ratio"] > 0 and out["steps_measured"] == 2
+
+
+def test_breakdown_reports_phases_and_teacher_options():
+    out = bench("breakdown.py", str(TOY), "--steps", "1", "--rollouts", "1", "--skip", "compile")
+    for phase in ("teacher_rollout", "student_rollout", "student_reward", "backward", "optimizer", "ema", "logging"):
+        assert set(out["phases"][phase]) == {"s", "share"}, phase
+    teacher = out["teacher"]
+    assert {"inference_mode_s", "no_grad_s", "speedup"} <= set(teacher["inference_mode"])
+    assert "skipped" in teacher["cfg"]  # the toy backbone ignores guidance: nothing to batch
+    assert {"miss_step_s", "hit_step_s", "expected_step_s", "trade_off"} <= set(teacher["cache"])
+    assert "compile" not in teacher
+
+
+@pytest.mark.slow
+def test_breakdown_measures_compile_and_cfg_batching_on_a_diffusers_backbone(tmp_path):
+    sys.path.insert(0, str(REPO / "tests" / "plugins"))
+    import tiny_pipelines as tiny
+
+    folder = tiny.build_sd15(tmp_path / "sd15")
+    out = bench("breakdown.py", str(BENCH / "configs" / "tiny_sd15.yaml"), f"backbone.path={folder}",
+                "--steps", "1", "--rollouts", "1", "--skip", "inference_mode,cache")
+    assert {"batched_s", "two_passes_s", "speedup_of_batching"} <= set(out["teacher"]["cfg"])
+    assert {"compile_s", "eager_rollout_s", "compiled_rollout_s", "break_even_steps"} <= set(out["teacher"]["compile"])
+
+
+def test_time_to_beat_reports_seconds_and_steps():
+    out = bench("time_to_beat.py", str(TOY), "train.steps=4", "--every", "2", "--full")
+    for key in ("seconds", "steps", "beaten", "training_seconds", "curve", "startup_seconds"):
+        assert key in out, key
+    assert [p["step"] for p in out["curve"]] == [2, 4] and out["steps_run"] == 4
+    if out["beaten"]:
+        assert out["steps"] in (2, 4) and out["seconds"] > 0
+
+
+def test_memory_reports_peak_rss_per_step():
+    out = bench("memory.py", "--backbones", "toy", "--zero", "", "--steps", "1")
+    toy = out["backbones"]["toy"]
+    assert {"peak_step_mb", "step_increment_mb", "rss_before_steps_mb", "trainable_params"} <= set(toy)
+    assert toy["peak_step_mb"] >= toy["rss_before_steps_mb"] > 0
+
+
+@pytest.mark.slow
+def test_memory_shows_zero3_sharding_parameters_across_two_ranks():
+    out = bench("memory.py", "--backbones", "", "--zero", "0,3", "--width", "16", "--steps", "1", timeout=900)
+    z0, z3 = out["zero"]["stage0"], out["zero"]["stage3"]
+    assert len(z0["param_mb"]) == len(z3["param_mb"]) == 2
+    assert max(z3["param_mb"]) < 0.75 * max(z0["param_mb"])  # each rank holds about half
+    assert max(z3["optimizer_state_mb"]) < 0.75 * max(z0["optimizer_state_mb"])
+
+
+@pytest.mark.slow
+def test_sampling_times_an_export_without_importing_rats():
+    out = bench("sampling.py", "--variants", "tiny", "--reps", "1", "--n", "8")
+    tiny = out["pipelines"]["tiny"]
+    assert tiny["rats_imported"] is False
+    assert {"ratio", "k_over_n", "denoising_ratio", "student_vs_base_at_k", "per_image_s"} <= set(tiny)
+    assert tiny["unet_calls"]["student_2"] == 2 and tiny["unet_calls"]["student_8"] == 8
+
+
+def test_student_beats_teacher_reports_over_seeds():
+    out = bench("student_beats_teacher.py", str(TOY), "train.steps=2", "--seeds", "0")
+    assert out["runs"] == 1 and out["seeds"] == [0]
+    assert {"student_reward", "teacher_reward", "base_reward"} <= set(out["summary"])
+    assert isinstance(out["student_beats_teacher"], int)
+
+
+# ----------------------------------------------------------------------------- the options they measure
+
+
+def _trainer(tmp_path, *overrides):
+    cfg = load_config(TOY, [f"output_dir={tmp_path / 'run'}", "train.steps=6", *overrides])
+    trainer = Trainer(cfg)
+    trainer.setup()
+    return trainer
+
+
+def _train(tmp_path, *overrides):
+    trainer = _trainer(tmp_path, *overrides)
+    try:
+        trainer.train()
+        state = {k: v.detach().clone() for k, v in trainer.student.state_dict().items()}
+        return state, trainer.teacher_cache
+    finally:
+        trainer.cleanup()
+
+
+def test_teacher_cache_trains_exactly_like_recomputing_the_frozen_teacher(tmp_path):
+    plain, _ = _train(tmp_path / "a", "teacher.kind=frozen", "data.noise_pool=2")
+    cached, cache = _train(tmp_path / "b", "teacher.kind=frozen", "data.noise_pool=2", "teacher.cache=true")
+    assert all(torch.equal(plain[k], cached[k]) for k in plain)
+    assert (cache.misses, cache.hits) == (2, 4) and len(cache) == 2
+
+
+def test_noise_pool_cycles_the_batches(tmp_path, monkeypatch):
+    import rats_core.trainer as tr
+
+    indices = []
+    real = tr.batch_noise
+
+    def spy(backbone, seed, index, *args):
+        indices.append(index)
+        return real(backbone, seed, index, *args)
+
+    monkeypatch.setattr(tr, "batch_noise", spy)
+    trainer = _trainer(tmp_path, "data.noise_pool=2")
+    try:
+        prompts = [trainer.sampler.batch(i, 0, 1) for i in range(2)]
+        for _ in range(5):
+            trainer.train_step()
+            trainer.step += 1
+    finally:
+        trainer.cleanup()
+    assert indices[-5:] == [0, 1, 0, 1, 0]
+    assert prompts[0] != prompts[1]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["teacher.cache=true"], "teacher.cache needs teacher.kind=frozen"),
+        (["teacher.cache=true", "teacher.kind=frozen"], "teacher.cache needs data.noise_pool"),
+        (["data.noise_pool=0"], "data.noise_pool"),
+    ],
+)
+def test_teacher_cache_refused_where_it_would_be_wrong_or_useless(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TOY, overrides)
+
+
+@pytest.mark.slow
+def test_compiled_teacher_trains_like_the_eager_one(tmp_path):
+    eager, _ = _train(tmp_path / "a", "train.steps=2")
+    compiled, _ = _train(tmp_path / "b", "train.steps=2", "teacher.compile=true")
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-5)
