@@ -42,6 +42,12 @@ class Reward(Protocol):
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor: ...
 
 
+#: Optional attribute of a reward or metric: ``example_prompts: list[str]``, prompts it understands.
+#: Domain-specific components (a digit classifier scores "a handwritten 7", not "a cat") set it so
+#: the contract test, and tools that probe a component, feed it prompts it can score.
+EXAMPLE_PROMPTS_ATTRIBUTE = "example_prompts"
+
+
 @runtime_checkable
 class Gate(Protocol):
     """Per-sample weight in ``[0, 1]`` of the trajectory-matching loss.

@@ -20,6 +20,9 @@ from .rewards import load_frozen_classifier
 
 
 class DigitJudge:
+
+    #: prompts this component understands (see rats_core.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
+    example_prompts = ["a handwritten 7", "the digit zero"]
     def __init__(self, path: str | Path | None = None):
         self.model = load_frozen_classifier(path, "judge", "digit-judge metric")
 
@@ -50,6 +53,9 @@ def _stats(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 class DigitFID:
+
+    #: prompts this component understands (see rats_core.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
+    example_prompts = ["a handwritten 7", "the digit zero"]
     def __init__(self, path: str | Path | None = None):
         self.model = load_frozen_classifier(path, "judge", "digit-fid metric")
         real, _ = load_split("heldout", self.model.resolution)

@@ -32,6 +32,13 @@ EXAMPLE_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
 PROMPTS = ["a photo of a cat", "the digit 7"]
 
 
+def prompts_for(component, n: int) -> list[str]:
+    """The component's own ``example_prompts`` (domain-specific rewards such as a digit classifier
+    only understand their prompts), else generic ones; ``n`` of them."""
+    base = list(getattr(component, "example_prompts", None) or PROMPTS)
+    return (base * n)[:n]
+
+
 def _cases() -> list:
     try:
         reg = get_registry()
@@ -90,7 +97,7 @@ def check_reward(reward) -> None:
     if isinstance(reward, nn.Module):
         reward.eval().requires_grad_(False)
     images = torch.rand(2, 3, 64, 64, requires_grad=True)
-    scores = reward(images, PROMPTS)
+    scores = reward(images, prompts_for(reward, 2))
     assert isinstance(scores, torch.Tensor) and scores.shape == (2,), getattr(scores, "shape", scores)
     assert torch.isfinite(scores).all()
     assert scores.requires_grad, "a reward must be differentiable with respect to the images"
@@ -101,7 +108,7 @@ def check_reward(reward) -> None:
 def check_metric(metric) -> None:
     torch.manual_seed(0)
     with torch.no_grad():
-        out = metric(torch.rand(4, 3, 32, 32), PROMPTS * 2)
+        out = metric(torch.rand(4, 3, 32, 32), prompts_for(metric, 4))
     assert isinstance(out, dict) and out, "a metric returns a non-empty dict of named floats"
     for key, value in out.items():
         assert isinstance(key, str) and isinstance(value, float) and not math.isnan(value), (key, value)
