@@ -54,8 +54,9 @@ def prompt_for(digit: int, template: str) -> str:
 
 
 def make_prompts(templates: Sequence[str]) -> list[str]:
-    """Every template for every digit, digit-major: ``[t0(0), t1(0), …, t0(1), …]``."""
-    return [prompt_for(d, t) for d in range(10) for t in templates]
+    """Every template for every digit, phrasing-major: ``[t0(0), t0(1), …, t0(9), t1(0), …]``
+    (so any ten consecutive prompts cover all ten digits)."""
+    return [prompt_for(d, t) for t in templates for d in range(10)]
 
 
 def train_prompts() -> list[str]:

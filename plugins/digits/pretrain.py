@@ -1,6 +1,6 @@
 """Pretrain the digits world on CPU: the base diffusion model, the reward classifier and the judge.
 
-    python -m rats_plugins.digits.pretrain [--out DIR] [--seed S] [--what all|diffusion|reward|judge]
+    python -m rats_plugins.digits.pretrain [--out DIR] [--seed S] [--what all|diffusion|reward|judge|eval]
 
 Writes into ``--out`` (default: the shipped ``plugins/digits/weights/``)::
 
@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rats_plugins.digits.pretrain", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder (default: the shipped weights)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--what", choices=("all", "diffusion", "reward", "judge"), default="all")
+    p.add_argument("--what", choices=("all", "diffusion", "reward", "judge", "eval"), default="all",
+                   help="what to train (eval: only evaluate the base in --out on held-out prompts)")
     p.add_argument("--resolution", type=int, default=16)
     p.add_argument("--diffusion-steps", type=int, default=2000)
     p.add_argument("--classifier-steps", type=int, default=1500)
