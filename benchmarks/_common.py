@@ -42,6 +42,13 @@ def default_config() -> Path:
     return TOY
 
 
+def config_and_overrides(config: str | None, overrides: list[str]) -> tuple[Path, list[str]]:
+    """``[CONFIG] [key=value ...]``: a first argument that is an override, not a file, is an override."""
+    if config is not None and "=" in config and not Path(config).exists():
+        return default_config(), [config, *overrides]
+    return (Path(config) if config else default_config()), list(overrides)
+
+
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     v = sorted(values)
     if len(v) == 1:

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_overrides, default_config, emit, machine, progress, summary  # noqa: E402
+from _common import bench_overrides, config_and_overrides, emit, machine, progress, summary  # noqa: E402
 
 import rats_core  # noqa: E402,F401
 import torch  # noqa: E402
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
         ap.error(f"--skip: unknown {sorted(skip - set(OPTIONS))}; known: {', '.join(OPTIONS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = Path(args.config) if args.config else default_config()
+    config, args.overrides = config_and_overrides(args.config, args.overrides)
     torch.manual_seed(0)
     out: dict = {"benchmark": "breakdown", "config": str(config), "overrides": args.overrides}
     with tempfile.TemporaryDirectory() as tmp:

@@ -350,7 +350,7 @@ def main(argv=None) -> int:
                 row = out["zero"].get(f"stage{stage}", {})
                 if base and "param_grad_optimizer_mb" in row:
                     row["vs_stage0"] = round(max(row["param_grad_optimizer_mb"]) / max(base), 3)
-    out["machine"] = machine()
+    out["machine"] = {**machine(), "torch_threads": args.threads}  # the measured processes' threads
     emit(out)
     return 0 if ok else 1
 

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_overrides, default_config, emit, machine, progress, quartiles, summary  # noqa: E402
+from _common import (bench_overrides, config_and_overrides, emit, machine, progress, quartiles,  # noqa: E402
+                     summary)
 
 import rats_core  # noqa: E402,F401  (CPU torchvision guard before diffusers)
 import torch  # noqa: E402
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile the rats side; top functions to stderr")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = ap.parse_args(argv)
-    config = Path(args.config) if args.config else default_config()
+    config, args.overrides = config_and_overrides(args.config, args.overrides)
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, default_config, emit, machine, progress  # noqa: E402
+from _common import ROOT, config_and_overrides, emit, machine, progress  # noqa: E402
 
 MODELS = {"student": "student", "teacher": "teacher", "base": "base", "base_teacher_steps": "base_at_teacher_steps"}
 COLUMNS = ("reward", "judge_accuracy", "fid")
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the runs (0: torch's choice)")
     ap.add_argument("--keep", metavar="DIR", help="output_dir to keep the runs in (default: temporary)")
     args = ap.parse_args(argv)
-    config = Path(args.config) if args.config else default_config()
+    config, args.overrides = config_and_overrides(args.config, args.overrides)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.keep) if args.keep else Path(tmp.name)

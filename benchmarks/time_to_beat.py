@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, default_config, emit, machine, progress  # noqa: E402
+from _common import ROOT, config_and_overrides, emit, machine, progress  # noqa: E402
 
 
 def read_new(path: Path, offset: int) -> tuple[list[dict], int]:
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
     ap.add_argument("--keep", metavar="DIR", help="run folder to keep (default: a temporary one)")
     args = ap.parse_args(argv)
-    config = Path(args.config) if args.config else default_config()
+    config, args.overrides = config_and_overrides(args.config, args.overrides)
     tmp = tempfile.TemporaryDirectory()
     run_dir = Path(args.keep) if args.keep else Path(tmp.name) / "run"
     overrides = [f"output_dir={run_dir}", f"eval.every={args.every}", "eval.at_end=false", "train.export=false",
