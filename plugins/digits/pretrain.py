@@ -152,7 +152,8 @@ def train_diffusion(out: Path, seed: int, resolution: int = 16, steps: int = 200
     scheduler.save_pretrained(out / "scheduler")
     ema_text.save(out / "text_encoder")
     info = {"format": "rats-digits", "resolution": resolution, "default_steps": 50, "guidance_scale": 1.0,
-            "seed": seed, "train_steps": steps, "batch_size": batch_size, "uncond_prob": uncond_prob}
+            "pretraining": {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
+                            "ema_decay": ema_decay, "uncond_prob": uncond_prob, "min_snr_gamma": min_snr_gamma}}
     (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     log(f"[diffusion] done in {seconds:.0f}s -> {out}")
     return {"seconds": seconds, "steps": steps, "batch_size": batch_size}
