@@ -16,8 +16,10 @@ optimizer, ema, logging), median over ``--steps`` steps, with each phase's share
 * ``cfg``: classifier-free guidance batched into one forward pass of 2B (what the backbones do) vs two
   passes of B (a wrapper splitting the batch), at the config's teacher guidance (3.0 when it is 1:
   guidance 1 costs one pass, nothing to batch); with the no-guidance rollout for reference.
-* ``compile``: ``teacher.compile: true`` — ``torch.compile`` time (first rollout minus an eager one) vs
-  the per-rollout gain, and the number of steps after which compiling has paid for itself.
+* ``compile``: ``teacher.compile: true`` — ``torch.compile`` time (the first two compiled rollouts minus
+  two compiled rollouts' run time) with an empty inductor cache (``compile_s``, the first run on a
+  machine) and again with the cache it filled (``compile_warm_cache_s``, a re-run), vs the per-rollout
+  gain; ``break_even_steps``: the steps after which compiling has paid for itself.
 * ``cache``: ``teacher.cache: true`` with ``teacher.kind: frozen`` and ``data.noise_pool``: step time
   when the batch's teacher rollout is cached (hit) vs computed (miss; cache emptied before the step).
   ``expected_step_s`` is the mean step over a ``train.steps``-step run with ``data.noise_pool=--pool``,
@@ -27,6 +29,7 @@ optimizer, ema, logging), median over ``--steps`` steps, with each phase's share
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -34,7 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_overrides, config_and_overrides, emit, machine, progress, summary  # noqa: E402
+from _common import (bench_overrides, config_and_overrides, emit, machine, progress, quartiles,  # noqa: E402
+                     summary)
 
 import rats_core  # noqa: E402,F401
 import torch  # noqa: E402
@@ -96,15 +100,23 @@ def med(xs):
 
 
 def alternate(variants: dict, calls: int) -> dict[str, list[float]]:
-    """Time each variant ``calls`` times, interleaved (and in alternating order) so noise hits all alike."""
-    times = {k: [] for k in variants}
+    """Time each variant ``calls`` times, interleaved (and in alternating order) so noise hits all alike.
+    Wall seconds under each name, and this process's CPU seconds under ``<name>_cpu``."""
+    times = {k: [] for k in variants} | {f"{k}_cpu": [] for k in variants}
     names = list(variants)
     for i in range(calls):
         for name in (names if i % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             variants[name]()
             times[name].append(time.perf_counter() - t0)
+            times[f"{name}_cpu"].append(time.process_time() - c0)
     return times
+
+
+def spread(xs) -> list[float]:
+    """[q1, q3] of a list of timings."""
+    q1, _, q3 = quartiles(xs)
+    return [round(q1, 5), round(q3, 5)]
 
 
 def make_trainer(config: Path, overrides: list[str], tmp: str, name: str) -> Trainer:
@@ -130,7 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument("config", nargs="?", default=None)
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--steps", type=int, default=6, help="profiled training steps (after one warm-up step)")
-    ap.add_argument("--rollouts", type=int, default=4, help="teacher rollouts (or steps) per variant")
+    ap.add_argument("--rollouts", type=int, default=6, help="teacher rollouts (or steps) per variant")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: steadier on a shared machine); 0 keeps torch's choice")
     ap.add_argument("--skip", default="", help=f"comma-separated options not to measure: {','.join(OPTIONS)}")
@@ -193,7 +205,10 @@ def main(argv=None) -> int:
                 teacher["inference_mode"] = {
                     "inference_mode_s": med(t["inference_mode"]),
                     "no_grad_s": med(t["no_grad"]),
+                    "inference_mode_q1_q3": spread(t["inference_mode"]),
+                    "no_grad_q1_q3": spread(t["no_grad"]),
                     "speedup": round(med(t["no_grad"]) / med(t["inference_mode"]), 4),
+                    "speedup_cpu_time": round(med(t["no_grad_cpu"]) / med(t["inference_mode_cpu"]), 4),
                 }
 
             if "cfg" not in skip:
@@ -231,26 +246,44 @@ def main(argv=None) -> int:
                     "batched_s": med(t["batched"]),
                     "two_passes_s": med(t["two_passes"]),
                     "no_guidance_s": med(t["no_guidance"]),
+                    "batched_q1_q3": spread(t["batched"]),
+                    "two_passes_q1_q3": spread(t["two_passes"]),
                     "speedup_of_batching": round(med(t["two_passes"]) / med(t["batched"]), 4),
+                    "speedup_of_batching_cpu_time": round(med(t["two_passes_cpu"]) / med(t["batched_cpu"]), 4),
                 }
 
             if "compile" not in skip:
-                progress("teacher.compile: torch.compile of the teacher (compiling...)")
-                compiled = torch.compile(net)
-                t0 = time.perf_counter()
-                rollout(compiled)
-                first = time.perf_counter() - t0
-                rollout(compiled)  # a shape-specialised recompile, if any, happens here
+                progress("teacher.compile: torch.compile of the teacher (compiling, cold cache...)")
+                # A fresh inductor cache: the first compile on a machine. The second compile (after
+                # resetting dynamo) finds the compiled graphs on disk, as a re-run or a resume would.
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor_cache")
+
+                def first_rollouts():
+                    compiled = torch.compile(net)
+                    t0 = time.perf_counter()
+                    rollout(compiled)
+                    rollout(compiled)  # a shape-specialised recompile, if any, happens here
+                    return compiled, time.perf_counter() - t0
+
+                compiled, cold = first_rollouts()
+                torch._dynamo.reset()
+                compiled, warm = first_rollouts()
                 t = alternate({"eager": lambda: rollout(net), "compiled": lambda: rollout(compiled)}, args.rollouts)
                 eager_s, comp_s = med(t["eager"]), med(t["compiled"])
                 gain = eager_s - comp_s
-                compile_s = round(max(first - comp_s, 0.0), 3)
+                cold_s = round(max(cold - 2 * comp_s, 0.0), 3)
+                warm_s = round(max(warm - 2 * comp_s, 0.0), 3)
                 teacher["compile"] = {
-                    "compile_s": compile_s,
+                    "compile_s": cold_s,
+                    "compile_warm_cache_s": warm_s,
                     "eager_rollout_s": eager_s,
                     "compiled_rollout_s": comp_s,
+                    "eager_q1_q3": spread(t["eager"]),
+                    "compiled_q1_q3": spread(t["compiled"]),
                     "speedup": round(eager_s / comp_s, 4),
-                    "break_even_steps": round(compile_s / gain, 1) if gain > 0 else None,
+                    "speedup_cpu_time": round(med(t["eager_cpu"]) / med(t["compiled_cpu"]), 4),
+                    "break_even_steps": round(cold_s / gain, 1) if gain > 0 else None,
+                    "break_even_steps_warm_cache": round(warm_s / gain, 1) if gain > 0 else None,
                 }
                 del compiled
         finally:
@@ -278,6 +311,8 @@ def main(argv=None) -> int:
                     "hits_misses": [cached.teacher_cache.hits, cached.teacher_cache.misses],
                     "miss_step_s": miss_s,
                     "hit_step_s": hit_s,
+                    "miss_q1_q3": spread(t["miss"]),
+                    "hit_q1_q3": spread(t["hit"]),
                     "speedup_on_hits": round(miss_s / hit_s, 4),
                     "train_steps": total,
                     "expected_step_s": round((n_miss * miss_s + (total - n_miss) * hit_s) / total, 5),
