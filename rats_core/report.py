@@ -146,6 +146,18 @@ def image_grid(
     return path
 
 
+def spread_columns(prompts: Sequence[str], n: int) -> list[int]:
+    """Indices of up to ``n`` images with distinct prompts, spread evenly over the prompt list (the
+    first ``n`` images would show one prompt several times when images_per_prompt > 1)."""
+    first: dict[str, int] = {}
+    for i, p in enumerate(prompts):
+        first.setdefault(p, i)
+    distinct = list(first.values())
+    if len(distinct) <= n:
+        return distinct
+    return [distinct[round(j * (len(distinct) - 1) / (n - 1))] for j in range(n)] if n > 1 else distinct[:1]
+
+
 def steps_label(steps: Any) -> str:
     return "1 step" if str(steps) == "1" else f"{steps} steps"
 
@@ -258,7 +270,9 @@ def write_report(
         "images": len(prompts),
     }
     write_json_atomic(output_dir / "report.json", report)
-    image_grid(images, prompts, report_dir / "grid.png", results=results,
+    cols = spread_columns(prompts, 10)
+    image_grid({k: v[cols] for k, v in images.items()}, [prompts[i] for i in cols], report_dir / "grid.png",
+               columns=len(cols), results=results,
                title="Held-out samples: the same prompt and initial noise down each column")
     curves = training_curves(history, report_dir / "curves.png", step)
     reward_vs_nfe(
