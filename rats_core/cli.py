@@ -165,4 +165,8 @@ def _run_guarded(fn, args) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Under `python -m`, this file runs as __main__ while other modules register their subcommands
+    # on the importable rats_core.cli; dispatch through that one so every subcommand is known.
+    from rats_core.cli import main as _main
+
+    sys.exit(_main())
