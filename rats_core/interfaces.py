@@ -37,9 +37,21 @@ class Reward(Protocol):
         class Brightness:
             def __call__(self, images, prompts):
                 return images.mean(dim=(1, 2, 3))
+
+    **Video.** A video backbone decodes to frames ``[B, 3, F, H, W]``. An image reward needs nothing
+    for that: rats scores it frame by frame and averages (:func:`rats_core.rewards.score_frames`; the
+    reward's ``frames`` setting picks how many evenly spaced frames are scored). A reward that scores
+    whole videos itself (temporal consistency, motion, a video model) sets the class attribute
+    ``scores_video = True`` (:data:`SCORES_VIDEO_ATTRIBUTE`): it then receives ``[B, 3, F, H, W]`` as is
+    and still returns ``[B]``.
     """
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor: ...
+
+
+#: Optional attribute of a reward: ``scores_video = True`` declares that it takes videos
+#: ``[B, 3, F, H, W]`` natively, so rats passes videos to it whole instead of frame by frame.
+SCORES_VIDEO_ATTRIBUTE = "scores_video"
 
 
 #: Optional attribute of a reward or metric: ``example_prompts: list[str]``, prompts it understands.
@@ -83,7 +95,7 @@ class HorizonSchedule(Protocol):
 
 @runtime_checkable
 class Backbone(Protocol):
-    """A text-to-image diffusion or flow model, seen through what RATS needs.
+    """A text-to-image (or text-to-video) diffusion or flow model, seen through what RATS needs.
 
     The backbone owns the frozen parts (text encoders, VAE, scheduler) and exposes the trainable
     network as :attr:`denoiser`. Student and teacher are two networks of the same architecture run
@@ -129,7 +141,9 @@ class Backbone(Protocol):
         """
 
     def decode(self, x0: Tensor) -> Tensor:
-        """Latents to images ``[B, 3, H, W]`` in ``[0, 1]``, differentiable."""
+        """Latents to images ``[B, 3, H, W]`` in ``[0, 1]``, differentiable. A video backbone (latents
+        ``[B, C, F', h, w]``) returns frames ``[B, 3, F, H, W]``; rewards score them frame-wise unless
+        they declare :data:`SCORES_VIDEO_ATTRIBUTE`."""
 
     def export(self, denoiser: nn.Module, directory: Path, *, steps: int, lora_only: bool = False) -> Path:
         """Write ``denoiser`` so it is usable without rats (a diffusers pipeline folder, or LoRA

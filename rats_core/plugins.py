@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "rats_plugins.backbones.sdxl",
     "rats_plugins.backbones.pixart",
     "rats_plugins.backbones.flux",
+    "rats_plugins.backbones.wan",
     "rats_plugins.rewards.imagereward",
     "rats_plugins.rewards.hps",
     "rats_plugins.rewards.pickscore",

@@ -1,4 +1,5 @@
-"""Combining several reward plugins into the one preference signal RATS optimises."""
+"""Combining several reward plugins into the one preference signal RATS optimises, and scoring videos
+with image rewards (frame-wise, averaged)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,40 @@ import torch
 from torch import Tensor, nn
 
 from .errors import PluginError, RatsError
-from .interfaces import check_reward_output
+from .interfaces import SCORES_VIDEO_ATTRIBUTE, check_reward_output
+
+#: frames of a video an image reward scores by default: evenly spaced, so the reward's cost and memory
+#: stay bounded however long the video (``frames=None``: every frame)
+DEFAULT_REWARD_FRAMES = 8
+
+
+def frame_indices(num_frames: int, frames: int | None = DEFAULT_REWARD_FRAMES) -> list[int]:
+    """``frames`` evenly spaced frame indices of a ``num_frames`` video, first and last included (one
+    frame: the middle one); every frame when ``frames`` is None or not smaller than ``num_frames``."""
+    if frames is not None and frames < 1:
+        raise ValueError(f"frames must be >= 1 or None (every frame), got {frames}")
+    if frames is None or frames >= num_frames:
+        return list(range(num_frames))
+    if frames == 1:
+        return [(num_frames - 1) // 2]
+    step = (num_frames - 1) / (frames - 1)
+    return [int(i * step + 0.5) for i in range(frames)]
+
+
+def score_frames(reward: Any, videos: Tensor, prompts: Sequence[str], frames: int | None = DEFAULT_REWARD_FRAMES,
+                 name: str = "reward") -> Tensor:
+    """An image reward applied to videos ``[B, 3, F, H, W]``: the mean of its scores over the frames
+    :func:`frame_indices` picks, ``[B]``, differentiable. The picked frames of every video go to the
+    reward as one batch of ``B·n`` images, each with its video's prompt."""
+    if videos.dim() != 5:
+        raise ValueError(f"score_frames expects videos [B, 3, F, H, W], got shape {tuple(videos.shape)}")
+    b, c, f, h, w = videos.shape
+    index = frame_indices(f, frames)
+    n = len(index)
+    picked = videos[:, :, index] if n < f else videos
+    flat = picked.permute(0, 2, 1, 3, 4).reshape(b * n, c, h, w)
+    scores = check_reward_output(name, reward(flat, [p for p in prompts for _ in range(n)]), b * n)
+    return scores.reshape(b, n).mean(dim=1)
 
 
 @dataclass
@@ -22,14 +56,27 @@ class WeightedReward:
     std: float = 1.0
     #: the plugin that registered the reward, named in every error about it
     plugin: str = ""
+    #: videos: how many evenly spaced frames an image reward scores (None: every frame); see score_frames
+    frames: int | None = DEFAULT_REWARD_FRAMES
 
     @property
     def _by(self) -> str:
         return f" (reward registered by plugin {self.plugin})" if self.plugin else ""
 
+    @property
+    def scores_video(self) -> bool:
+        return bool(getattr(self.reward, SCORES_VIDEO_ATTRIBUTE, False))
+
     def score(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        """``[B]`` scores of images ``[B, 3, H, W]``, or of videos ``[B, 3, F, H, W]``: frame-wise (the mean
+        over ``frames`` evenly spaced frames) unless the reward declares ``scores_video``."""
         try:
-            raw = self.reward(images, list(prompts))
+            if images.dim() == 5 and not self.scores_video:
+                raw = score_frames(self.reward, images, prompts, self.frames, self.name)
+            else:
+                raw = self.reward(images, list(prompts))
+        except PluginError as exc:  # e.g. a frame-wise score of the wrong shape: name the plugin too
+            raise PluginError(f"{exc}{self._by}") from None
         except RatsError:
             raise
         except Exception as exc:

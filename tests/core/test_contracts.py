@@ -103,6 +103,12 @@ def check_reward(reward) -> None:
     assert scores.requires_grad, "a reward must be differentiable with respect to the images"
     scores.sum().backward()
     assert images.grad is not None and torch.isfinite(images.grad).all()
+    if getattr(reward, "scores_video", False):  # declared native video: [B, 3, F, H, W] in, [B] out
+        videos = torch.rand(2, 3, 4, 64, 64, requires_grad=True)
+        scores = reward(videos, prompts_for(reward, 2))
+        assert isinstance(scores, torch.Tensor) and scores.shape == (2,), getattr(scores, "shape", scores)
+        scores.sum().backward()
+        assert videos.grad is not None and torch.isfinite(videos.grad).all()
 
 
 def check_metric(metric) -> None:
@@ -145,7 +151,7 @@ def check_backbone(backbone) -> None:
     # the student is trained through predict_x0 and decode
     x0 = backbone.predict_x0(denoiser, x, s[1], cond)
     images = backbone.decode(x0)
-    assert images.shape[:2] == (2, 3) and images.dim() == 4
+    assert images.shape[:2] == (2, 3) and images.dim() in (4, 5)  # images, or video frames [B, 3, F, H, W]
     assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
     images.float().mean().backward()
     trainable = [p for p in denoiser.parameters() if p.requires_grad]

@@ -1,0 +1,372 @@
+"""Wan2.1 text-to-video: ``WanTransformer3DModel`` (flow matching) + UMT5 text encoder + ``AutoencoderKLWan``.
+
+Flow matching, ``x = (1 − σ)·x0 + σ·eps``; the transformer predicts the velocity ``eps − x0`` at the
+scheduler's timestep for σ. Latents are videos, ``[B, 16, F', H/8, W/8]`` with ``F' = (F − 1)/4 + 1``
+latent frames for ``F`` video frames (the VAE compresses time 4× after the first frame, space 8×);
+:meth:`WanBackbone.decode` returns frames ``[B, 3, F, H, W]`` in ``[0, 1]``.
+
+σ's belong to the model's own scheduler: the Wan2.1 Diffusers repositories ship a
+``UniPCMultistepScheduler`` with flow σ's and ``flow_shift`` (3.0 for 480p, 5.0 for 720p); its
+``set_timesteps(n)`` gives ``shift(linspace(1, 1/1000, n + 1)[:n])`` followed by 0 — a trailing-style
+schedule that starts at σ_max, which is what few-step students need — and the transformer sees the
+scheduler's integer timesteps ``⌊σ·1000⌋``. The backbone keeps the same σ's and timesteps, and exports a
+copy of that scheduler set to first order with its corrector off, which makes each of its steps the
+deterministic DDIM (Euler) step RATS trains with: ``WanPipeline.from_pretrained(export)`` samples as the
+student was trained.
+
+Guidance is the pipeline's classifier-free guidance: ``uncond + g·(cond − uncond)`` against the
+negative prompt (the empty prompt unless ``negative_prompt`` is set), evaluated in one batched pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from rats_core import hookimpl
+from rats_core.sigmas import x0_from_flow
+
+from ._diffusers_common import (
+    DTYPES,
+    DiffusersBackbone,
+    DtypeName,
+    Part,
+    batch_cond,
+    cfg,
+    freeze,
+    load_part,
+    load_tokenizer,
+    locate_weights,
+    module_dtype,
+    per_sample,
+    resolve_device,
+    to_device,
+    unwrap_denoiser,
+)
+
+DEFAULT_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+TRANSFORMER = Part("transformer", "the Wan transformer, WanTransformer3DModel")
+VAE = Part("vae", "the video VAE, AutoencoderKLWan")
+TEXT_ENCODER = Part("text_encoder", "the UMT5 text encoder")
+TOKENIZER = Part("tokenizer", "the UMT5 tokenizer")
+SCHEDULER = Part("scheduler", "the scheduler config")
+
+#: self- and cross-attention projections and the feed-forward of every transformer block (the set the
+#: diffusers Wan LoRA trainers and the step-distilled Wan LoRAs adapt)
+WAN_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
+
+#: the export components whose weights are written in the one export dtype
+_WEIGHT_PARTS = ("transformer", "vae", "text_encoder")
+
+
+class WanSchedule:
+    """σ's and timesteps of a Wan flow model, owned by diffusers' ``UniPCMultistepScheduler``.
+
+    Built from the model's scheduler config (``flow_shift`` from a UniPC config, ``shift`` from a
+    FlowMatchEuler one; ``flow_shift`` overrides both). σ's the scheduler produced map to exactly its
+    timesteps; any other σ in [0, 1] maps by the same rule, ``⌊σ·num_train_timesteps⌋``.
+    """
+
+    def __init__(self, scheduler_config: dict[str, Any], flow_shift: float | None = None):
+        from diffusers import UniPCMultistepScheduler
+
+        config = dict(scheduler_config)
+        shift = flow_shift if flow_shift is not None else config.get("flow_shift", config.get("shift", 3.0))
+        if config.get("use_dynamic_shifting", False):
+            raise ValueError("wan: schedulers with resolution-dependent (dynamic) shifting are not supported")
+        self.num_train_timesteps = int(config.get("num_train_timesteps", 1000))
+        self.scheduler = UniPCMultistepScheduler(
+            num_train_timesteps=self.num_train_timesteps, prediction_type="flow_prediction", use_flow_sigmas=True,
+            flow_shift=float(shift), final_sigmas_type="zero", predict_x0=True, solver_type="bh2",
+            # first order without the UniC corrector: each step is exactly the DDIM (Euler) step
+            solver_order=1, lower_order_final=True, disable_corrector=list(range(self.num_train_timesteps + 1)),
+        )
+        self.flow_shift = float(shift)
+        self._known: dict[float, float] = {}
+
+    def sigmas(self, num_steps: int) -> Tensor:
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        self.scheduler.set_timesteps(num_steps)
+        sigmas = self.scheduler.sigmas.detach().float().cpu().clone()
+        for s, t in zip(sigmas[:-1].tolist(), self.scheduler.timesteps.cpu().tolist()):
+            self._known[s] = float(t)
+        return sigmas
+
+    def timestep(self, sigma: Tensor | float) -> Tensor:
+        """The scheduler's timestep(s) for σ (same shape), float32."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float32).detach().cpu()
+        flat = [self._known.get(s, math.floor(s * self.num_train_timesteps)) for s in sigma.reshape(-1).tolist()]
+        return torch.tensor(flat, dtype=torch.float32).reshape(sigma.shape)
+
+    def export_scheduler(self):
+        from diffusers import UniPCMultistepScheduler
+
+        return UniPCMultistepScheduler.from_config(self.scheduler.config)
+
+
+def _clean(prompt: str) -> str:
+    """WanPipeline's prompt cleaning (ftfy where installed, HTML unescape, whitespace)."""
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+    return prompt_clean(prompt)
+
+
+class WanBackbone(DiffusersBackbone):
+    """Wan2.1 T2V seen through RATS. ``cond`` is ``{"prompt_embeds": [B, L, D]}`` (UMT5 states, zeroed past
+    each prompt's length, as the pipeline makes them)."""
+
+    name = "wan"
+    pipeline_class = "WanPipeline"
+    interpolation = "flow"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        resolution: int | None = None,
+        width: int | None = None,
+        num_frames: int = 81,
+        device: str | None = None,
+        dtype: str = "bf16",
+        denoiser_dtype: str = "bf16",
+        vae_dtype: str | None = None,
+        export_dtype: str | None = None,
+        gradient_checkpointing: bool = False,
+        vae_slicing: bool = False,
+        vae_tiling: bool = False,
+        flow_shift: float | None = None,
+        negative_prompt: str = "",
+        max_sequence_length: int = 512,
+        variant: str | None = None,
+        revision: str | None = None,
+    ):
+        from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+        from transformers import UMT5EncoderModel
+
+        self.device = resolve_device(device)
+        parts = (TRANSFORMER, VAE, TEXT_ENCODER, TOKENIZER, SCHEDULER)
+        self.source = locate_weights(path, DEFAULT_ID, parts, self.name, revision=revision, variant=variant)
+        frozen = DTYPES[dtype]
+        self.schedule = WanSchedule(load_part(self.source, SCHEDULER, UniPCMultistepScheduler.load_config), flow_shift)
+        self.max_sequence_length = max_sequence_length
+        self.negative_prompt = negative_prompt
+        self.tokenizer = load_tokenizer(self.source, TOKENIZER)
+        encoder = load_part(self.source, TEXT_ENCODER, UMT5EncoderModel.from_pretrained, dtype=frozen,
+                            variant=variant, transformers=True)
+        self.text_encoder = freeze(encoder).to(self.device)
+        vae = load_part(self.source, VAE, AutoencoderKLWan.from_pretrained, dtype=DTYPES[vae_dtype or dtype],
+                        variant=variant)
+        self.vae = freeze(vae).to(self.device)
+        if vae_slicing:
+            self.vae.enable_slicing()
+        if vae_tiling:
+            self.vae.enable_tiling()
+        transformer = load_part(self.source, TRANSFORMER, WanTransformer3DModel.from_pretrained,
+                                dtype=DTYPES[denoiser_dtype], variant=variant)
+        self.denoiser = transformer.to(self.device)
+        if gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()
+        self.export_dtype = DTYPES[export_dtype] if export_dtype else None
+        self.latent_channels = int(transformer.config.in_channels)
+        self.vae_factor = int(self.vae.config.scale_factor_spatial)
+        self.temporal_factor = int(self.vae.config.scale_factor_temporal)
+        multiple = self.vae_factor * int(transformer.config.patch_size[1])
+        height = resolution or 480
+        width = width or height
+        for what, side in (("resolution", height), ("width", width)):
+            if side <= 0 or side % multiple:
+                raise ValueError(f"wan: {what} must be a positive multiple of {multiple}, got {side}")
+        if num_frames < 1 or (num_frames - 1) % self.temporal_factor:
+            raise ValueError(f"wan: num_frames must be 1 + a multiple of {self.temporal_factor} "
+                             f"(e.g. 17, 33, 49, 81), got {num_frames}")
+        self.resolution, self.width, self.num_frames = height, width, num_frames
+        self.lora_target_modules = list(WAN_LORA_TARGETS)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.vae, self.text_encoder]
+
+    # -- text
+
+    def _encode(self, prompts: list[str]) -> dict[str, Any]:
+        tokens = self.tokenizer([_clean(p) for p in prompts], padding="max_length", max_length=self.max_sequence_length,
+                                truncation=True, add_special_tokens=True, return_attention_mask=True,
+                                return_tensors="pt")
+        mask = tokens.attention_mask.to(self.device)
+        states = self.text_encoder(tokens.input_ids.to(self.device), mask).last_hidden_state
+        # the pipeline keeps each prompt's own tokens and zeroes the padding positions
+        return {"prompt_embeds": states * mask.gt(0).unsqueeze(-1).to(states.dtype)}
+
+    def _encode_negative(self) -> dict[str, Any]:
+        return self.encode_prompts([self.negative_prompt])
+
+    # -- latents and frames
+
+    @property
+    def latent_frames(self) -> int:
+        return (self.num_frames - 1) // self.temporal_factor + 1
+
+    def latent_shape(self, batch_size: int) -> tuple[int, ...]:
+        return (batch_size, self.latent_channels, self.latent_frames, self.resolution // self.vae_factor,
+                self.width // self.vae_factor)
+
+    def decode(self, x0: Tensor) -> Tensor:
+        """Latents ``[B, 16, F', h, w]`` to frames ``[B, 3, F, H, W]`` in [0, 1], differentiable."""
+        c = self.vae.config
+        z = x0.to(next(self.vae.parameters()).device)
+        shape = (1, -1, 1, 1, 1)
+        mean = torch.tensor(c.latents_mean, device=z.device, dtype=z.dtype).reshape(shape)
+        std = torch.tensor(c.latents_std, device=z.device, dtype=z.dtype).reshape(shape)
+        video = self.vae.decode((z * std + mean).to(module_dtype(self.vae)), return_dict=False)[0]
+        return (video.float() / 2 + 0.5).clamp(0, 1).to(x0.device)
+
+    # -- σ and the network
+
+    def sigmas(self, num_steps: int) -> Tensor:
+        return self.schedule.sigmas(num_steps)
+
+    def timestep(self, sigma: Tensor | float) -> Tensor:
+        return self.schedule.timestep(sigma)
+
+    def predict_x0(self, denoiser: nn.Module, x: Tensor, sigma: Tensor, cond: Any,
+                   guidance_scale: float = 1.0) -> Tensor:
+        self._note_guidance(guidance_scale)
+        b = x.shape[0]
+        s = per_sample(sigma, b, x.device)
+        t = per_sample(self.timestep(sigma), b, x.device)
+        cond = to_device(cond, x.device)
+        inp = x
+        guided = guidance_scale > 1
+        if guided:
+            cond = batch_cond(cond, to_device(self.negative_cond(), x.device), b)
+            inp, t = torch.cat([inp, inp]), torch.cat([t, t])
+        dtype = module_dtype(denoiser)
+        velocity = denoiser(hidden_states=inp.to(dtype), timestep=t, encoder_hidden_states=cond["prompt_embeds"].to(dtype),
+                            return_dict=False)[0].to(x.dtype)
+        if guided:
+            velocity = cfg(*velocity.chunk(2), guidance_scale)
+        return x0_from_flow(x, s, velocity)
+
+    # -- export
+
+    def _export_scheduler(self):
+        return self.schedule.export_scheduler()
+
+    def _export_pipeline(self, denoiser: nn.Module, scheduler: Any):
+        from diffusers import WanPipeline
+
+        return WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder, vae=self.vae,
+                           transformer=denoiser, scheduler=scheduler)
+
+    def _save_lora(self, directory: Path, state: dict[str, Tensor]) -> bool:
+        from diffusers import WanPipeline
+
+        WanPipeline.save_lora_weights(str(directory), transformer_lora_layers=state, safe_serialization=True)
+        return True
+
+    def sampling_kwargs(self, steps: int, guidance: float | None) -> dict[str, Any]:
+        kwargs = {**super().sampling_kwargs(steps, guidance), "width": self.width, "num_frames": self.num_frames,
+                  "max_sequence_length": self.max_sequence_length}
+        # WanPipeline guides whenever guidance_scale > 1 (its default is 5.0): say 1.0 when the student had none
+        kwargs["guidance_scale"] = float(guidance) if guidance is not None else 1.0
+        if self.negative_prompt and kwargs["guidance_scale"] > 1:
+            kwargs["negative_prompt"] = self.negative_prompt
+        return kwargs
+
+    def export(self, denoiser: nn.Module, directory: Path, *, steps: int, lora_only: bool = False,
+               guidance_scale: float | None = None, dtype: str | torch.dtype | None = None, **kwargs: Any) -> Path:
+        """The shared export (a ``WanPipeline`` folder, or the LoRA alone), then every component's weights
+        in one dtype so ``WanPipeline.from_pretrained(folder)(prompt=...)`` runs as it is: ``dtype``, else
+        the backbone's ``export_dtype``, else the exported transformer's. Frame count and size are
+        recorded in ``rats_export.json``."""
+        directory = super().export(denoiser, directory, steps=steps, lora_only=lora_only,
+                                   guidance_scale=guidance_scale, **kwargs)
+        manifest_path = directory / "rats_export.json"
+        info = json.loads(manifest_path.read_text())
+        info.update(width=self.width, num_frames=self.num_frames)
+        if not lora_only:
+            target = DTYPES[dtype] if isinstance(dtype, str) else dtype
+            target = target or self.export_dtype or module_dtype(unwrap_denoiser(denoiser))
+            for part in _WEIGHT_PARTS:
+                cast_saved_weights(directory / part, target)
+            info["dtype"] = str(target).replace("torch.", "")
+        info["usage"] = info["usage"].replace("image = pipe(", "video = pipe(").replace(".images[0]", ".frames[0]")
+        manifest_path.write_text(json.dumps(info, indent=2) + "\n")
+        return directory
+
+
+def cast_saved_weights(folder: Path, dtype: torch.dtype) -> None:
+    """Rewrite the floating-point tensors of a saved component (``*.safetensors`` in ``folder``) in
+    ``dtype``, and the ``dtype`` its transformers config records, so the folder loads in one dtype."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        if all(not t.is_floating_point() or t.dtype == dtype for t in tensors.values()):
+            continue
+        tensors = {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()}
+        tmp = f.with_name(f.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
+        tmp.replace(f)
+    config = folder / "config.json"
+    if config.is_file():
+        data = json.loads(config.read_text())
+        changed = False
+        for key in ("dtype", "torch_dtype"):  # transformers 5.x / 4.x spelling
+            if key in data:
+                data[key] = str(dtype).replace("torch.", "")
+                changed = True
+        if changed:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def wan(
+    path: str | None = None,
+    resolution: Annotated[int, Field(gt=0)] | None = None,
+    width: Annotated[int, Field(gt=0)] | None = None,
+    num_frames: Annotated[int, Field(gt=0)] = 81,
+    device: str | None = None,
+    dtype: DtypeName = "bf16",
+    denoiser_dtype: DtypeName = "bf16",
+    vae_dtype: DtypeName | None = None,
+    export_dtype: DtypeName | None = None,
+    gradient_checkpointing: bool = False,
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+    flow_shift: Annotated[float, Field(gt=0)] | None = None,
+    negative_prompt: str = "",
+    max_sequence_length: Annotated[int, Field(gt=0, le=512)] = 512,
+    variant: str | None = None,
+    revision: str | None = None,
+) -> WanBackbone:
+    """Wan2.1 text-to-video (flow matching, UMT5, 3-D VAE). Default Wan2.1-T2V-1.3B, 81 frames at 480×480.
+
+    ``resolution``: frame height in px (multiple of 16; default 480); ``width``: frame width (default:
+    the height; the model's native 480p is 480×832). ``num_frames``: video frames, 1 + a multiple of 4.
+    ``dtype``: the UMT5 encoder (and the VAE unless ``vae_dtype``); ``denoiser_dtype``: the transformer.
+    ``flow_shift`` overrides the scheduler's (3.0 for 480p, 5.0 for 720p). ``negative_prompt``: the
+    unconditional branch of guidance. ``export_dtype``: the one dtype of an exported pipeline (default:
+    the trained transformer's). For the 14B model set ``path: Wan-AI/Wan2.1-T2V-14B-Diffusers``.
+    """
+    return WanBackbone(
+        path, resolution=resolution, width=width, num_frames=num_frames, device=device, dtype=dtype,
+        denoiser_dtype=denoiser_dtype, vae_dtype=vae_dtype, export_dtype=export_dtype,
+        gradient_checkpointing=gradient_checkpointing, vae_slicing=vae_slicing, vae_tiling=vae_tiling,
+        flow_shift=flow_shift, negative_prompt=negative_prompt, max_sequence_length=max_sequence_length,
+        variant=variant, revision=revision,
+    )
+
+
+@hookimpl
+def register_backbones(register):
+    register("wan", wan)
