@@ -211,21 +211,27 @@ def read_state(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"{ckpt}/state.json: corrupt ({exc})") from None
 
 
-def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path, names: list[str]) -> None:
-    """Copy ``tensors`` into ``module``'s parameters ``names``; shape mismatches name the tensor."""
-    params = dict(module.named_parameters())
+def check_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], source: Path,
+                  names: list[str]) -> None:
+    """Every name in ``tensors`` with the expected shape, or a CheckpointError naming the first misfit."""
     missing = [n for n in names if n not in tensors]
     if missing:
         raise CheckpointError(
             f"{source}: lacks {len(missing)} trained tensors (e.g. '{missing[0]}'); "
             "was it written by a run with another backbone or LoRA setting?"
         )
+    for n in names:
+        if tuple(shapes[n]) != tuple(tensors[n].shape):
+            raise CheckpointError(
+                f"{source}: tensor '{n}' has shape {tuple(tensors[n].shape)}, the model expects {tuple(shapes[n])} "
+                "(checkpoint of a different architecture)"
+            )
+
+
+def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path, names: list[str]) -> None:
+    """Copy ``tensors`` into ``module``'s parameters ``names``; shape mismatches name the tensor."""
+    params = dict(module.named_parameters())
+    check_tensors(tensors, {n: tuple(params[n].shape) for n in names}, source, names)
     with torch.no_grad():
         for n in names:
-            p, t = params[n], tensors[n]
-            if p.shape != t.shape:
-                raise CheckpointError(
-                    f"{source}: tensor '{n}' has shape {tuple(t.shape)}, the model expects {tuple(p.shape)} "
-                    "(checkpoint of a different architecture)"
-                )
-            p.copy_(t.to(p.dtype))
+            params[n].copy_(tensors[n].to(params[n].dtype))

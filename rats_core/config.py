@@ -87,6 +87,11 @@ class StudentConfig(_Strict):
     grad_steps: int = Field(default=1, gt=0)
     guidance_scale: float = Field(default=1.0, ge=0)
     gradient_checkpointing: bool = False
+    #: [choice, not in the paper] a matched horizon before the last ``grad_steps`` steps also gets the
+    #: gradient of its own network evaluation (input and output detached from the trajectory), so early
+    #: horizons shape the student at all. Costs one kept forward graph per such horizon; ``false``
+    #: shapes only through the last ``grad_steps`` steps (plain DRaFT-K truncation)
+    horizon_gradients: bool = True
     #: ``null`` trains the whole denoiser; a mapping trains a peft LoRA
     lora: LoraConfig | None = None
 
@@ -132,7 +137,11 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(default=0, ge=0)
     #: gradient clipping by global norm; 0 disables it
     max_grad_norm: float = Field(default=1.0, ge=0)
+    #: ``bf16``: every network call of a step runs under bf16 autocast while trainable weights, their
+    #: gradients, optimizer state and the EMA teacher stay float32 (docs/config.md, "Precision")
     precision: Literal["fp32", "bf16"] = "fp32"
+    #: on CUDA, let float32 matmuls/convolutions use TF32 tensor cores
+    tf32: bool = True
     #: save a checkpoint every N optimizer steps (and always at the end); 0: only at the end
     checkpoint_every: int = Field(default=100, ge=0)
     keep_checkpoints: int = Field(default=2, gt=0)
@@ -239,6 +248,16 @@ class RatsConfig(_Strict):
         stage = zero.get("stage", 0)
         if stage not in (0, 1, 2, 3):
             raise ValueError(f"deepspeed.zero_optimization.stage must be 0, 1, 2 or 3 (got {stage!r})")
+        for key in ("bf16", "fp16", "amp", "torch_autocast"):
+            value = self.deepspeed.get(key)
+            if isinstance(value, dict) and value.get("enabled", False):
+                raise ValueError(
+                    f"deepspeed.{key}: precision is set by train.precision (bf16 = autocast with float32 "
+                    f"trainable weights; docs/config.md 'Precision'): remove deepspeed.{key}, set train.precision=bf16"
+                )
+        if stage == 3 and self.teacher.compile:
+            raise ValueError("teacher.compile does not work with ZeRO-3 (the teacher's weights are partitioned "
+                             "and gathered layer by layer); set teacher.compile=false or use stage 2")
         return self
 
     @property

@@ -156,13 +156,16 @@ def export_run(
     checkpoint: str | Path | None = None,
     overwrite: bool = False,
     device: str | None = "cpu",
+    dtype: str | None = None,
 ) -> Path:
     """Export a run's student with its backbone's ``export()`` into ``output``.
 
     Default: a complete model (a diffusers pipeline folder for the diffusers backbones; the backbone
     merges the adapter of a LoRA run into the weights it writes). ``lora_only``: only the adapter,
     for LoRA runs. The folder is written beside ``output`` and renamed into place when complete;
-    ``rats_export.json`` in it gains a ``run`` entry naming the run and checkpoint.
+    ``rats_export.json`` in it gains a ``run`` entry naming the run and checkpoint. ``dtype``
+    (``fp32``/``bf16``/``fp16``) is the one dtype every component of an exported pipeline is saved
+    in; default: the backbone's choice (the diffusers backbones use their frozen parts' dtype).
     """
     from .runs import check_output_path, check_run_dir, load_run
 
@@ -173,7 +176,7 @@ def export_run(
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"-o {out}: exists and is not empty; choose a new folder or pass --overwrite")
     check_output_path(out.parent, folder=True)
-    run = load_run(run_dir, checkpoint, teacher=False, base=False, device=device)
+    run = load_run(run_dir, checkpoint, teacher=False, base=False, rewards=False, device=device)
     if lora_only and not run.is_lora:
         raise UsageError(
             f"--lora-only: {run_dir} trained the whole network (its config has no student.lora), so there is no "
@@ -184,8 +187,13 @@ def export_run(
         shutil.rmtree(tmp)
     backbone = run.components.backbone
     kwargs: dict[str, Any] = {"steps": run.trained_steps, "lora_only": lora_only}
-    if "guidance_scale" in inspect.signature(backbone.export).parameters:
+    accepted = inspect.signature(backbone.export).parameters
+    if "guidance_scale" in accepted:
         kwargs["guidance_scale"] = run.cfg.student.guidance_scale
+    if dtype is not None:
+        if "dtype" not in accepted:
+            raise UsageError(f"--dtype: the '{run.cfg.backbone.name}' backbone's export takes no dtype")
+        kwargs["dtype"] = dtype
     try:
         # The backbone merges a LoRA into the written weights itself (see Backbone.export).
         backbone.export(run.student, tmp, **kwargs)
@@ -217,9 +225,11 @@ def export_run(
 @arg("--checkpoint", metavar="PATH_OR_STEP", help="a checkpoint folder or step number; default: the latest")
 @arg("--overwrite", action="store_true", help="replace DIR if it exists")
 @arg("--device", default="cpu", help="where to load and merge the weights (default cpu)")
+@arg("--dtype", choices=("fp32", "bf16", "fp16"),
+     help="save every pipeline component in this dtype (default: the backbone's frozen parts' dtype)")
 def cmd_export(args: Any) -> int:
     out = export_run(args.run_dir, args.output, lora_only=args.lora_only, checkpoint=args.checkpoint,
-                     overwrite=args.overwrite, device=args.device)
+                     overwrite=args.overwrite, device=args.device, dtype=args.dtype)
     kind = "LoRA adapter" if args.lora_only else "model"
     print(f"exported the {kind} to {out}", file=sys.stderr)
     return 0

@@ -35,6 +35,8 @@ class ObjectiveSettings:
     teacher_guidance: float = 1.0
     checkpointing: bool = False
     teacher_inference_mode: bool = True
+    #: matched horizons before the last ``grad_steps`` get their own one-step gradient (METHOD.md §7)
+    horizon_gradients: bool = True
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ObjectiveSettings":
@@ -50,6 +52,7 @@ class ObjectiveSettings:
             student_guidance=cfg.student.guidance_scale,
             teacher_guidance=cfg.teacher.guidance_scale,
             checkpointing=cfg.student.gradient_checkpointing,
+            horizon_gradients=cfg.student.horizon_gradients,
         )
 
 
@@ -143,7 +146,7 @@ class RatsObjective:
             self.schedules.student.to(noise.device),
             guidance_scale=self.s.student_guidance,
             grad_steps=self.s.grad_steps,
-            local_grad_steps=self.horizon_steps if self.s.alpha > 0 else (),
+            local_grad_steps=self.horizon_steps if self.s.alpha > 0 and self.s.horizon_gradients else (),
             keep=self.horizon_steps,
             checkpointing=self.s.checkpointing,
         )

@@ -89,7 +89,8 @@ def _predict(
         # autocast casts them at each op, so backbones need no dtype plumbing of their own.
         with torch.autocast(x.device.type, dtype=dtype):
             return backbone.predict_x0(denoiser, x, sigma, cond, guidance_scale=guidance_scale).to(x.dtype)
-    return backbone.predict_x0(denoiser, x, sigma, cond, guidance_scale=guidance_scale)
+    # Under the trainer's bf16 autocast the network returns bf16: the trajectory stays in x's dtype.
+    return backbone.predict_x0(denoiser, x, sigma, cond, guidance_scale=guidance_scale).to(x.dtype)
 
 
 def _param_dtype(module: nn.Module) -> torch.dtype | None:

@@ -23,6 +23,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import RatsConfig, check_components, load_config
 from .errors import CheckpointError, RatsError, RunFolderError
+from .precision import upcast_trainable
 from .teacher import Teacher
 
 
@@ -120,12 +121,14 @@ def load_run(
     overrides: Sequence[str] = (),
     teacher: bool = True,
     base: bool = True,
+    rewards: bool = True,
     device: str | torch.device | None = None,
 ) -> LoadedRun:
     """Rebuild a run's components from its ``config.yaml`` and load a checkpoint's student.
 
     ``checkpoint`` defaults to the latest one. ``teacher=False`` / ``base=False`` skip the teacher
-    copy and the base weights (each a full copy of the trainable weights) when they are not needed.
+    copy and the base weights (each a full copy of the trainable weights) when they are not needed;
+    ``rewards=False`` builds no reward model (exports need none).
     The base weights come from ``base.safetensors`` when the run wrote it, otherwise from the freshly
     built backbone before the checkpoint is loaded (the same weights unless the backbone's source
     changed since training).
@@ -158,7 +161,7 @@ def load_run(
     # (LoRA A matrices, toy models) come out as they did in training.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        components = build_components(cfg)
+        components = build_components(cfg, rewards=rewards)
         backbone = components.backbone
         student = backbone.denoiser
         if cfg.student.lora is not None:
@@ -166,6 +169,7 @@ def load_run(
             backbone.denoiser = student
         else:
             student.requires_grad_(True)
+        upcast_trainable(student)  # as in training: trained tensors are float32 (rats_core/precision.py)
     names = [n for n, p in student.named_parameters() if p.requires_grad]
     trained = state.get("trainable")
     if trained is not None and list(trained) != names:
@@ -207,7 +211,8 @@ def load_run(
             raise CheckpointError(f"{teacher_file}: does not fit the model ({exc})") from None
         teacher_module = t.module.to(dev).eval()
 
-    components.rewards.to(dev)
+    if components.rewards is not None:
+        components.rewards.to(dev)
     return LoadedRun(cfg, components, student, teacher_module, base_state, run_dir, folder, state, dev)
 
 

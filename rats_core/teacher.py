@@ -9,6 +9,8 @@ from typing import Any, Hashable, Iterable
 import torch
 from torch import nn
 
+from .zero import local_shards
+
 
 def make_teacher(student: nn.Module, share_frozen: bool = False) -> nn.Module:
     """A frozen copy of ``student`` in eval mode (no gradient, no optimizer state).
@@ -54,7 +56,8 @@ class Teacher:
 
     ``kind="ema"``: after every optimizer step the trainable parameters move towards the student's.
     ``kind="frozen"``: the base model as it was before training, never updated.
-    Only the student's trainable parameters are tracked (with LoRA: the adapter weights).
+    Only the student's trainable parameters are tracked (with LoRA: the adapter weights), in the
+    dtype the student stores them in — float32 under the trainer's precision policy.
     """
 
     def __init__(self, student: nn.Module, kind: str = "ema", decay: float = 0.99, share_frozen: bool = False):
@@ -78,7 +81,9 @@ class Teacher:
             s_params = dict(student.named_parameters())
             self._student_params = [s_params[n] for n in self.names]
             self._student_ref = student
-        ema_update(self._params, self._student_params, self.decay)
+        # Under ZeRO-3 both networks are partitioned alike (same shapes, same ranks), so each rank
+        # updates its own shard and nothing is gathered.
+        ema_update(local_shards(self._params), local_shards(self._student_params), self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The tracked tensors (what changes during training)."""

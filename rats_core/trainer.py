@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import precision, zero
 from .config import RatsConfig
 from .distributed import DistInfo, all_reduce_mean, any_rank, barrier, setup
 from .errors import CheckpointError, ConfigError, RatsError, TrainingError
@@ -52,16 +53,21 @@ class TrainingInterrupted(RatsError):
 @dataclass
 class Components:
     backbone: Any
-    rewards: RewardSet
+    rewards: RewardSet | None
     gate: Any
     horizons: Any
 
 
-def build_components(cfg: RatsConfig) -> Components:
-    """Instantiate the backbone, rewards, gate and horizon schedule a config names."""
+def build_components(cfg: RatsConfig, *, rewards: bool = True,
+                     backbone_options: dict[str, Any] | None = None) -> Components:
+    """Instantiate the backbone, rewards, gate and horizon schedule a config names.
+
+    ``rewards=False`` builds no reward model (``Components.rewards`` is None; exports need none); ``backbone_options`` are set on top
+    of the config's (the trainer loads a ZeRO-3 denoiser into host memory with ``device: cpu``)."""
     registry = get_registry()
-    backbone = registry.build("backbones", cfg.backbone.name, _resolve_paths(cfg, cfg.backbone.options), "backbone")
-    rewards = RewardSet(
+    options = {**_resolve_paths(cfg, cfg.backbone.options), **(backbone_options or {})}
+    backbone = registry.build("backbones", cfg.backbone.name, options, "backbone")
+    reward_set = None if not rewards else RewardSet(
         [
             WeightedReward(
                 name=r.name,
@@ -77,7 +83,7 @@ def build_components(cfg: RatsConfig) -> Components:
     )
     gate = registry.build("gates", cfg.gate.name, cfg.gate.options, "gate")
     horizons = registry.build("horizons", cfg.horizons.name, cfg.horizons.options, "horizons")
-    return Components(backbone, rewards, gate, horizons)
+    return Components(backbone, reward_set, gate, horizons)
 
 
 def _resolve_paths(cfg: RatsConfig, options: dict[str, Any]) -> dict[str, Any]:
@@ -124,8 +130,8 @@ def deepspeed_config(cfg: RatsConfig, world_size: int) -> dict[str, Any]:
         )
     # Always set: DeepSpeed's own default is 1.0, so leaving it out would clip when max_grad_norm=0.
     ds.setdefault("gradient_clipping", t.max_grad_norm)
-    if t.precision == "bf16":
-        ds.setdefault("bf16", {"enabled": True})
+    # No bf16 section even for train.precision=bf16: DeepSpeed runs float32 (the trainable weights are
+    # the masters) and the step computes under autocast; see rats_core/precision.py.
     ds.setdefault("zero_optimization", {"stage": 0})
     ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)
@@ -307,10 +313,13 @@ class Trainer:
 
         resume_from = self._resume_target()
         torch.manual_seed(cfg.seed)
-        self.components = build_components(cfg)
+        device = d.device
+        self.zero_stage = int((cfg.deepspeed.get("zero_optimization") or {}).get("stage", 0))
+        zero3 = self.zero_stage == 3
+        precision.enable_tf32(device, cfg.train.tf32)
+        self.components = build_components(cfg, backbone_options=self._zero3_load_options(cfg, device))
         c = self.components
         self.backbone = c.backbone
-        device = d.device
         self.rewards = c.rewards.to(device)
 
         student = self.backbone.denoiser
@@ -319,29 +328,32 @@ class Trainer:
             self.backbone.denoiser = student
         else:
             student.requires_grad_(True)
-        if callable(getattr(self.backbone, "to", None)):
-            self.backbone.to(device)  # frozen parts (text encoders, VAE) next to the denoiser
-        student.to(device)
+        upcast = precision.upcast_trainable(student)
+        if upcast and d.is_main:
+            log.info("precision: %d trainable tensors stored in float32 (loaded as %s)", len(upcast),
+                     cfg.backbone.options.get("denoiser_dtype", "a 16-bit dtype"))
+        self._move_to_device(student, device, denoiser=not zero3)
         student.train()
         self.trainable_names = [n for n, p in student.named_parameters() if p.requires_grad]
         if not self.trainable_names:
             raise ConfigError("the student has no trainable parameters")
-        stage = int((cfg.deepspeed.get("zero_optimization") or {}).get("stage", 0))
         # Below ZeRO-3 the teacher shares the student's frozen tensors (a LoRA run's teacher then
-        # costs only the adapters); ZeRO-3 partitions them, so the teacher needs its own copy.
-        self.teacher = Teacher(student, kind=cfg.teacher.kind, decay=cfg.teacher.ema_decay, share_frozen=stage < 3)
+        # costs only the adapters). Under ZeRO-3 it is its own copy, partitioned by a second
+        # DeepSpeed engine below, so it costs 1/N of the model per rank.
+        self.teacher = Teacher(student, kind=cfg.teacher.kind, decay=cfg.teacher.ema_decay, share_frozen=not zero3)
 
         self.prompts = load_prompts(cfg.data.prompts, cfg.base_dir, "data.prompts")
-        if cfg.loss.beta > 0:
-            self._check_rewards_differentiable(device)
         self.global_batch = cfg.train.batch_size * d.world_size
         self.sampler = PromptSampler(self.prompts, cfg.seed, self.global_batch)
+        settings = ObjectiveSettings.from_config(cfg)
+        if zero3:  # ZeRO-3 gathers into parameters inside the rollout: no inference tensors there
+            settings.teacher_inference_mode = False
         self.objective = RatsObjective(
             self.backbone,
             self.rewards,
             c.gate,
             c.horizons,
-            ObjectiveSettings.from_config(cfg),
+            settings,
             gate_name=cfg.gate.name,
             horizons_name=cfg.horizons.name,
         )
@@ -358,10 +370,10 @@ class Trainer:
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         ds_config = deepspeed_config(cfg, d.world_size)
-        self.zero_stage = int(ds_config["zero_optimization"].get("stage", 0))
+        self.ds_config = ds_config
         #: fp32 ZeRO-0 clips in the trainer (see _clip_gradients); otherwise DeepSpeed clips
         self.clip_norm = 0.0
-        if self.zero_stage == 0 and not _low_precision(ds_config) and "gradient_clipping" not in cfg.deepspeed:
+        if self.zero_stage == 0 and "gradient_clipping" not in cfg.deepspeed:
             self.clip_norm = float(ds_config["gradient_clipping"])
             ds_config["gradient_clipping"] = 0.0
         _quiet_deepspeed_logs()
@@ -369,6 +381,7 @@ class Trainer:
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 model=student, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, model_parameters=params
             )
+            self.teacher_engine = self._partition_teacher(ds_config) if zero3 else None
         except (ValueError, AssertionError) as exc:
             raise ConfigError(f"deepspeed: {exc}") from None
         self.student = self.engine.module
@@ -376,8 +389,10 @@ class Trainer:
         if d.world_size == 1 and self.zero_stage == 0:
             # DeepSpeed all-reduces gradients even within a one-rank group; nothing to average here.
             self.engine.enable_backward_allreduce = False
-        # The teacher stays in float32 even for bf16 runs: EMA updates of (1 − μ)·Δ vanish in bf16.
-        self.teacher.module.to(device)
+        if not zero3:
+            self.teacher.module.to(device)
+        if cfg.loss.beta > 0:
+            self._check_rewards_differentiable(device)
         #: what the training step calls for the teacher's rollout (the same parameters, compiled or not)
         self.teacher_net = torch.compile(self.teacher.module) if cfg.teacher.compile else self.teacher.module
         self.teacher_cache = TeacherCache() if cfg.teacher.cache else None
@@ -398,6 +413,47 @@ class Trainer:
         self._install_signal_handlers()
         self._setup_done = True
 
+    @staticmethod
+    def _zero3_load_options(cfg: RatsConfig, device: torch.device) -> dict[str, Any] | None:
+        """Under ZeRO-3 on a GPU the backbone loads into host memory (``device: cpu``) unless the
+        config names a device: DeepSpeed then moves each rank's shard to the GPU, so the whole
+        denoiser is never on one GPU."""
+        stage = int((cfg.deepspeed.get("zero_optimization") or {}).get("stage", 0))
+        if stage != 3 or device.type == "cpu" or cfg.backbone.options.get("device") is not None:
+            return None
+        schema = get_registry().get("backbones", cfg.backbone.name).schema
+        return {"device": "cpu"} if "device" in getattr(schema, "model_fields", {}) else None
+
+    def _move_to_device(self, student: nn.Module, device: torch.device, *, denoiser: bool) -> None:
+        """Frozen parts (text encoders, VAE) to ``device``; the denoiser too unless ZeRO-3 will
+        partition it from host memory."""
+        frozen = getattr(self.backbone, "frozen_modules", None)
+        if not denoiser and callable(frozen):
+            for m in frozen():
+                m.to(device)
+            if hasattr(self.backbone, "device"):
+                self.backbone.device = device
+            return
+        if callable(getattr(self.backbone, "to", None)):
+            self.backbone.to(device)
+        student.to(device)
+
+    def _partition_teacher(self, ds_config: dict[str, Any]):
+        """The ZeRO-3 teacher: a second DeepSpeed engine without optimizer (DeepSpeed-Chat's pattern
+        for reference/EMA models), partitioned like the student and gathered layer by layer when it
+        runs. Every parameter is partitioned (persistence threshold 0), so each rank's EMA update of
+        its shard is all there is to update."""
+        import deepspeed
+
+        config = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler", "gradient_clipping")}
+        zero = dict(config.get("zero_optimization") or {})
+        zero.update(stage=3, stage3_param_persistence_threshold=0, stage3_model_persistence_threshold=0)
+        zero.pop("offload_optimizer", None)
+        config["zero_optimization"] = zero
+        engine, *_ = deepspeed.initialize(model=self.teacher.module, config=config)
+        engine.eval()
+        return engine
+
     def _check_rewards_differentiable(self, device: torch.device) -> None:
         """A weighted reward whose score carries no gradient would make −β·R train nothing, silently;
         check once, on one decoded latent, before the first step (PluginError naming the reward)."""
@@ -412,7 +468,7 @@ class Trainer:
         if path.is_file():
             self.base_state = ckpt.load_tensor_file(path)
             return
-        self.base_state = self.student_state()
+        self.base_state = self.student_state(rank0_only=False)
         if self.dist.is_main:
             tmp = path.with_name(".base.safetensors.tmp")
             ckpt.save_tensor_file(self.base_state, tmp)
@@ -552,20 +608,18 @@ class Trainer:
                 self.backbone, cfg.seed, index, self.global_batch, d.rank, cfg.train.batch_size
             ).to(d.device)
             cond = teacher_out = None
-            if self.teacher_cache is not None:
-                teacher_out = self.teacher_cache.get(index)
-                if teacher_out is None:
-                    with self.timer.phase("encode_prompts"), torch.no_grad():
-                        cond = self.backbone.encode_prompts(prompts)
-                    with self.timer.phase("teacher_rollout"):
-                        teacher_out = self.objective.teacher_rollout(self.teacher_net, noise, cond, prompts)
-                    self.teacher_cache.put(index, teacher_out)
-            try:
+            with precision.autocast(d.device, cfg.train.precision):
+                if self.teacher_cache is not None:
+                    teacher_out = self.teacher_cache.get(index)
+                    if teacher_out is None:
+                        with self.timer.phase("encode_prompts"), torch.no_grad():
+                            cond = self.backbone.encode_prompts(prompts)
+                        with self.timer.phase("teacher_rollout"):
+                            teacher_out = self.objective.teacher_rollout(self.teacher_net, noise, cond, prompts)
+                        self.teacher_cache.put(index, teacher_out)
                 loss, metrics = self.objective(
                     self.engine, self.teacher_net, prompts, noise, cond=cond, teacher_out=teacher_out
                 )
-            except RatsError:
-                raise
             bad = any_rank(not bool(torch.isfinite(loss)), d.device)
             if bad:
                 latest = ckpt.latest_checkpoint(self.output_dir)
@@ -605,16 +659,8 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self._trainable_params, self.clip_norm)
 
     def teacher_update(self) -> None:
-        if self.teacher.kind != "ema":
-            return
-        if self.zero_stage == 3:
-            import deepspeed
-
-            params = [p for n, p in self.student.named_parameters() if p.requires_grad]
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                self.teacher.update(self.student)
-        else:
-            self.teacher.update(self.student)
+        # Under ZeRO-3 each rank moves its own shard of the teacher towards its shard of the student.
+        self.teacher.update(self.student)
 
     def periodic_eval(self) -> None:
         from .evaluate import training_eval
@@ -626,15 +672,17 @@ class Trainer:
 
     # -- checkpoints
 
-    def student_state(self) -> dict[str, torch.Tensor]:
-        params = dict(self.student.named_parameters())
-        names = self.trainable_names
-        if self.zero_stage == 3:
-            import deepspeed
+    def student_state(self, rank0_only: bool = True) -> dict[str, torch.Tensor]:
+        """The trainable weights as full CPU tensors (float32 under the precision policy). Every rank
+        must call it; under ZeRO-3 it gathers a few tensors at a time, and with ``rank0_only`` only
+        rank 0 keeps them."""
+        return zero.gathered_state(self.student, self.trainable_names, rank0_only=rank0_only)
 
-            with deepspeed.zero.GatheredParameters([params[n] for n in names], modifier_rank=None):
-                return {n: params[n].detach().clone().cpu() for n in names}
-        return {n: params[n].detach().clone().cpu() for n in names}
+    def teacher_state(self) -> dict[str, torch.Tensor]:
+        """The teacher's tracked tensors as full CPU tensors on rank 0 (every rank must call it)."""
+        if self.teacher_engine is None:
+            return {k: v.cpu() for k, v in self.teacher.state_dict().items()} if self.dist.is_main else {}
+        return zero.gathered_state(self.teacher.module, self.teacher.names)
 
     def save_checkpoint(self) -> Path:
         """Save atomically; a failed write (disk full, read-only folder) stops the run with a
@@ -662,6 +710,7 @@ class Trainer:
         barrier()
         tmp = ckpt.checkpoint_dir(self.output_dir) / f".tmp_{ckpt.step_name(self.step)}"
         student = self.student_state()
+        teacher = self.teacher_state()
         opt_state = {
             "optimizer": ckpt.plain_state(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
@@ -669,7 +718,7 @@ class Trainer:
         ckpt.save_torch_plain(opt_state, tmp / "optimizer" / f"rank_{d.rank:05d}.pt")
         if d.is_main:
             ckpt.save_tensor_file(student, tmp / "student.safetensors")
-            ckpt.save_tensor_file(self.teacher.state_dict(), tmp / "teacher.safetensors")
+            ckpt.save_tensor_file(teacher, tmp / "teacher.safetensors")
             state = {
                 "step": self.step,
                 "world_size": d.world_size,
@@ -678,6 +727,7 @@ class Trainer:
                 "backbone": self.cfg.backbone.name,
                 "lora": self.cfg.student.lora is not None,
                 "student_steps": self.cfg.student.steps,
+                "precision": self.cfg.train.precision,
             }
             (tmp / "state.json").write_text(json.dumps(state, indent=2))
         barrier()
@@ -700,27 +750,35 @@ class Trainer:
                 "resume with the same number of processes"
             )
         student = ckpt.load_tensor_file(folder / "student.safetensors")
-        params = dict(self.student.named_parameters())
+        teacher = ckpt.load_tensor_file(folder / "teacher.safetensors")
+        missing = [n for n in self.teacher.names if n not in teacher]
+        if missing:
+            raise CheckpointError(f"{folder}/teacher.safetensors: lacks '{missing[0]}'")
         if self.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([params[n] for n in self.trainable_names], modifier_rank=0):
-                if self.dist.is_main:
-                    ckpt.load_into(self.student, student, folder / "student.safetensors", self.trainable_names)
+            ckpt.check_tensors(student, zero.full_shapes(self.student), folder / "student.safetensors",
+                               self.trainable_names)
+            zero.load_partitioned(self.student, student, self.trainable_names)
+            zero.load_partitioned(self.teacher.module, teacher, self.teacher.names)
         else:
             ckpt.load_into(self.student, student, folder / "student.safetensors", self.trainable_names)
-        teacher = ckpt.load_tensor_file(folder / "teacher.safetensors")
-        try:
             self.teacher.load_state_dict(teacher)
-        except KeyError as exc:
-            raise CheckpointError(f"{folder}/teacher.safetensors: {exc}") from None
         opt = ckpt.load_torch_plain(folder / "optimizer" / f"rank_{self.dist.rank:05d}.pt")
         if not isinstance(opt, dict) or "optimizer" not in opt:
             raise CheckpointError(f"{folder}: optimizer state is malformed")
         live = self.optimizer.state_dict()
         merged = ckpt.restore_state(opt["optimizer"], live)
         if self.zero_stage in (1, 2, 3):
-            self.optimizer.load_state_dict([merged], load_optimizer_states=True, load_from_fp32_weights=True)
+            # DeepSpeed's ZeRO optimizers take every rank's state as a list indexed by data-parallel
+            # rank and read their own entry (written by this rank: the world size is checked above).
+            states: list[Any] = [None] * self.dist.world_size
+            states[self.dist.rank] = merged
+            try:
+                self.optimizer.load_state_dict(states, load_optimizer_states=True, load_from_fp32_weights=True)
+            except (RuntimeError, KeyError, IndexError, ValueError) as exc:
+                raise CheckpointError(
+                    f"{folder}: the optimizer state does not fit this run ({type(exc).__name__}: {exc}); resume "
+                    "with the DeepSpeed settings it was written with, or start a new output_dir"
+                ) from None
         else:
             self.optimizer.load_state_dict(merged)
         if self.scheduler is not None and opt.get("scheduler"):
@@ -732,37 +790,19 @@ class Trainer:
     # -- end of run
 
     def export(self) -> Path | None:
-        """Write the student so it runs without rats (rank 0; ZeRO-3 shards are gathered first)."""
+        """Write the student so it runs without rats: what ``rats export`` writes, from the final
+        checkpoint, with the run recorded in ``rats_export.json``. Rank 0 rebuilds the backbone in host
+        memory for it, so a ZeRO-3 student is never gathered whole on a device."""
         if not self.cfg.train.export:
             return None
-        gather = contextlib.nullcontext()
-        if self.zero_stage == 3:  # every rank must take part in the gather
-            import deepspeed
-
-            gather = deepspeed.zero.GatheredParameters(list(self.student.parameters()), modifier_rank=None)
         target = None
-        with gather:
-            if self.dist.is_main:
-                target = self._export_to_folder()
+        if self.dist.is_main:
+            from .export import export_run
+
+            target = self.output_dir / ("export_lora" if self.cfg.student.lora is not None else "export")
+            export_run(self.output_dir, target, lora_only=self.cfg.student.lora is not None,
+                       checkpoint=ckpt.latest_checkpoint(self.output_dir), overwrite=True, device="cpu")
         barrier()
-        return target
-
-    def _export_to_folder(self) -> Path:
-        import shutil
-
-        target = self.output_dir / ("export_lora" if self.cfg.student.lora is not None else "export")
-        tmp = target.with_name(f".{target.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        kwargs: dict[str, Any] = {}
-        if "guidance_scale" in inspect.signature(self.backbone.export).parameters:
-            kwargs["guidance_scale"] = self.cfg.student.guidance_scale
-        self.backbone.export(
-            self.student, tmp, steps=self.cfg.student.steps, lora_only=self.cfg.student.lora is not None, **kwargs
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
         return target
 
     def cleanup(self) -> None:
@@ -808,12 +848,6 @@ def threading_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _low_precision(ds: dict[str, Any]) -> bool:
-    """Whether DeepSpeed runs a mixed-precision optimizer (which scales and clips gradients itself)."""
-    return any(isinstance(ds.get(k), dict) and ds[k].get("enabled", False)
-               for k in ("bf16", "fp16", "torch_autocast", "amp"))
 
 
 def _quiet_deepspeed_logs() -> None:
