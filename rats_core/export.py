@@ -165,7 +165,8 @@ def export_run(
     for LoRA runs. The folder is written beside ``output`` and renamed into place when complete;
     ``rats_export.json`` in it gains a ``run`` entry naming the run and checkpoint. ``dtype``
     (``fp32``/``bf16``/``fp16``) is the one dtype every component of an exported pipeline is saved
-    in; default: the backbone's choice (the diffusers backbones use their frozen parts' dtype).
+    in; default: the backbone's choice (float32 for the diffusers backbones, which plain
+    ``from_pretrained(folder)`` loads without a ``torch_dtype``).
     """
     from .runs import check_output_path, check_run_dir, load_run
 
@@ -226,7 +227,8 @@ def export_run(
 @arg("--overwrite", action="store_true", help="replace DIR if it exists")
 @arg("--device", default="cpu", help="where to load and merge the weights (default cpu)")
 @arg("--dtype", choices=("fp32", "bf16", "fp16"),
-     help="save every pipeline component in this dtype (default: the backbone's frozen parts' dtype)")
+     help="save every pipeline component in this dtype (default fp32, which loads with a plain from_pretrained; "
+          "a 16-bit export halves the size and loads with torch_dtype=torch.bfloat16 / float16)")
 def cmd_export(args: Any) -> int:
     out = export_run(args.run_dir, args.output, lora_only=args.lora_only, checkpoint=args.checkpoint,
                      overwrite=args.overwrite, device=args.device, dtype=args.dtype)

@@ -642,13 +642,17 @@ class DiffusersBackbone:
         return kwargs
 
     def export(self, denoiser: nn.Module, directory: Path, *, steps: int, lora_only: bool = False,
-               guidance_scale: float | None = None) -> Path:
+               guidance_scale: float | None = None, dtype: str | None = None) -> Path:
         """A diffusers pipeline folder (LoRA merged), or with ``lora_only`` the LoRA weights alone.
 
         The folder holds the trained scheduler settings (trailing spacing, shift) and
         ``rats_export.json`` with the step count and guidance the student was trained for, so
         ``DiffusionPipeline.from_pretrained(folder)(prompt, num_inference_steps=steps)`` samples as
         trained. ``guidance_scale`` defaults to the one last used for the student in training.
+        ``dtype`` (``fp32``/``bf16``/``fp16``, default ``fp32``): every component is saved in it. A
+        float32 folder loads with a plain ``from_pretrained(folder)`` (diffusers loads its models in
+        float32 by default, transformers in the saved dtype: a mixed or 16-bit folder would mix dtypes);
+        a 16-bit one needs ``torch_dtype=`` that dtype, as the manifest's ``usage`` line says.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -656,6 +660,10 @@ class DiffusersBackbone:
         layers = lora_layers(base)
         guidance = guidance_scale if guidance_scale is not None else self._trained_guidance
         scheduler = self._export_scheduler()
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"export dtype must be one of fp32, bf16, fp16 (got {dtype!r})")
+        target = DTYPES[dtype] if dtype is not None else torch.float32
+        dtype_name = str(target).replace("torch.", "")
         info: dict[str, Any] = {
             "backbone": self.name,
             "source": self.source.model_id,
@@ -664,6 +672,7 @@ class DiffusersBackbone:
             "guidance_scale": guidance,
             "height": self.resolution,
             "width": self.resolution,
+            "dtype": dtype_name,
             "scheduler": {"class": type(scheduler).__name__, **{k: v for k, v in scheduler.config.items()
                                                                if not k.startswith("_") and _jsonable(v)}},
         }
@@ -674,6 +683,7 @@ class DiffusersBackbone:
             if not layers:
                 raise ValueError("lora_only export needs a denoiser carrying a peft LoRA (train with student.lora)")
             state, ranks = lora_state_dict(layers)
+            state = {k: v.to(target) for k, v in state.items()}
             diffusers_format = self._save_lora(directory, state)
             save_peft_adapter(directory, state, ranks)
             scheduler.save_pretrained(str(directory / "scheduler"))
@@ -688,11 +698,27 @@ class DiffusersBackbone:
             )
         else:
             model = merged_copy(base, layers) if layers else base
-            self._export_pipeline(model, scheduler).save_pretrained(str(directory), safe_serialization=True)
+            pipe = self._export_pipeline(model, scheduler)
+            cast_pipeline(pipe, target, owned=(model,) if layers else ())
+            pipe.save_pretrained(str(directory), safe_serialization=True)
             info.update(format="pipeline", lora_merged=bool(layers))
-            info["usage"] = f"pipe = DiffusionPipeline.from_pretrained(DIR); image = pipe(prompt, {args}).images[0]"
+            load = "" if target == torch.float32 else f", torch_dtype=torch.{dtype_name}"
+            info["usage"] = f"pipe = DiffusionPipeline.from_pretrained(DIR{load}); image = pipe(prompt, {args}).images[0]"
         write_manifest(directory, info)
         return directory
+
+
+def cast_pipeline(pipe: Any, dtype: torch.dtype, owned: Sequence[nn.Module] = ()) -> None:
+    """Give every network of ``pipe`` the floating dtype ``dtype``. Networks not in ``owned`` (the
+    live training modules) are cast on a copy, so exporting never changes the running backbone."""
+    import copy
+
+    owned_ids = {id(m) for m in owned}
+    for name, component in list(pipe.components.items()):
+        if not isinstance(component, nn.Module) or module_dtype(component) == dtype:
+            continue
+        module = component if id(component) in owned_ids else copy.deepcopy(component)
+        pipe.register_modules(**{name: module.to(dtype)})
 
 
 def _jsonable(v: Any) -> bool:
