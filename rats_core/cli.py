@@ -74,6 +74,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_components(cfg, source=args.config)
     print(f"{args.config}: OK (backbone {cfg.backbone.name}, K={cfg.student.steps}, N={cfg.teacher.steps}, "
           f"gate {cfg.gate.name}, horizons {cfg.horizons.name}, rewards {[r.name for r in cfg.rewards]})")
+    from .estimate import estimate, gpu_config, one_line
+
+    if gpu_config(cfg):  # a GPU run: say whether it fits before anyone waits for the weights
+        print(one_line(estimate(cfg, source=args.config)))
     return 0
 
 
@@ -110,7 +114,7 @@ def _load_command_modules() -> None:
     """Subcommands defined in other modules register themselves on import."""
     import importlib
 
-    for mod in ("rats_core.evaluate", "rats_core.export", "rats_core.ablate"):
+    for mod in ("rats_core.evaluate", "rats_core.export", "rats_core.ablate", "rats_core.estimate"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
