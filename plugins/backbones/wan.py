@@ -20,6 +20,7 @@ negative prompt (the empty prompt unless ``negative_prompt`` is set), evaluated 
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -47,7 +48,6 @@ from ._diffusers_common import (
     per_sample,
     resolve_device,
     to_device,
-    unwrap_denoiser,
 )
 
 DEFAULT_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -174,7 +174,7 @@ class WanBackbone(DiffusersBackbone):
         self.denoiser = transformer.to(self.device)
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
-        self.export_dtype = DTYPES[export_dtype] if export_dtype else None
+        self._export_dtype = DTYPES[export_dtype] if export_dtype else None
         self.latent_channels = int(transformer.config.in_channels)
         self.vae_factor = int(self.vae.config.scale_factor_spatial)
         self.temporal_factor = int(self.vae.config.scale_factor_temporal)
@@ -280,20 +280,32 @@ class WanBackbone(DiffusersBackbone):
             kwargs["negative_prompt"] = self.negative_prompt
         return kwargs
 
+    def export_dtype(self) -> torch.dtype:
+        """The one dtype of an exported pipeline: the ``export_dtype`` option, else the frozen parts'
+        (16-bit if any of them is), the rule the other backbones follow."""
+        if self._export_dtype is not None:
+            return self._export_dtype
+        found = {module_dtype(m) for m in self.frozen_modules()}
+        return next((dt for dt in (torch.bfloat16, torch.float16) if dt in found), torch.float32)
+
     def export(self, denoiser: nn.Module, directory: Path, *, steps: int, lora_only: bool = False,
-               guidance_scale: float | None = None, dtype: str | torch.dtype | None = None, **kwargs: Any) -> Path:
-        """The shared export (a ``WanPipeline`` folder, or the LoRA alone), then every component's weights
-        in one dtype so ``WanPipeline.from_pretrained(folder)(prompt=...)`` runs as it is: ``dtype``, else
-        the backbone's ``export_dtype``, else the exported transformer's. Frame count and size are
-        recorded in ``rats_export.json``."""
-        directory = super().export(denoiser, directory, steps=steps, lora_only=lora_only,
-                                   guidance_scale=guidance_scale, **kwargs)
+               guidance_scale: float | None = None, dtype: str | None = None) -> Path:
+        """The shared export (a ``WanPipeline`` folder, or the LoRA alone) with every component's weights
+        in one dtype, so ``WanPipeline.from_pretrained(folder)(prompt=...)`` runs as it is: ``dtype``
+        (``fp32``/``bf16``/``fp16``), else :meth:`export_dtype`. Frame count and size are recorded in
+        ``rats_export.json``."""
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"export dtype must be one of fp32, bf16, fp16 (got {dtype!r})")
+        target = DTYPES[dtype] if dtype is not None else self.export_dtype()
+        shared = super().export
+        extra = {"dtype": dtype} if "dtype" in inspect.signature(shared).parameters else {}
+        directory = shared(denoiser, directory, steps=steps, lora_only=lora_only, guidance_scale=guidance_scale,
+                           **extra)
         manifest_path = directory / "rats_export.json"
         info = json.loads(manifest_path.read_text())
         info.update(width=self.width, num_frames=self.num_frames)
         if not lora_only:
-            target = DTYPES[dtype] if isinstance(dtype, str) else dtype
-            target = target or self.export_dtype or module_dtype(unwrap_denoiser(denoiser))
+            # the weights as saved, whatever dtype each part was trained or kept in
             for part in _WEIGHT_PARTS:
                 cast_saved_weights(directory / part, target)
             info["dtype"] = str(target).replace("torch.", "")
@@ -355,8 +367,8 @@ def wan(
     the height; the model's native 480p is 480×832). ``num_frames``: video frames, 1 + a multiple of 4.
     ``dtype``: the UMT5 encoder (and the VAE unless ``vae_dtype``); ``denoiser_dtype``: the transformer.
     ``flow_shift`` overrides the scheduler's (3.0 for 480p, 5.0 for 720p). ``negative_prompt``: the
-    unconditional branch of guidance. ``export_dtype``: the one dtype of an exported pipeline (default:
-    the trained transformer's). For the 14B model set ``path: Wan-AI/Wan2.1-T2V-14B-Diffusers``.
+    unconditional branch of guidance. ``export_dtype``: the one dtype of every part of an exported
+    pipeline (default: the frozen parts'). For the 14B model set ``path: Wan-AI/Wan2.1-T2V-14B-Diffusers``.
     """
     return WanBackbone(
         path, resolution=resolution, width=width, num_frames=num_frames, device=device, dtype=dtype,
