@@ -142,6 +142,7 @@ class WanBackbone(DiffusersBackbone):
         gradient_checkpointing: bool = False,
         vae_slicing: bool = False,
         vae_tiling: bool = False,
+        decode_grad_frames: int | None = None,
         flow_shift: float | None = None,
         negative_prompt: str = "",
         max_sequence_length: int = 512,
@@ -188,6 +189,10 @@ class WanBackbone(DiffusersBackbone):
             raise ValueError(f"wan: num_frames must be 1 + a multiple of {self.temporal_factor} "
                              f"(e.g. 17, 33, 49, 81), got {num_frames}")
         self.resolution, self.width, self.num_frames = height, width, num_frames
+        if decode_grad_frames is not None and decode_grad_frames < 1:
+            raise ValueError(f"wan: decode_grad_frames must be >= 1 or null (every latent frame), "
+                             f"got {decode_grad_frames}")
+        self.decode_grad_frames = decode_grad_frames
         self.lora_target_modules = list(WAN_LORA_TARGETS)
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -217,15 +222,50 @@ class WanBackbone(DiffusersBackbone):
         return (batch_size, self.latent_channels, self.latent_frames, self.resolution // self.vae_factor,
                 self.width // self.vae_factor)
 
+    def grad_latent_frames(self, latent_frames: int) -> list[int]:
+        """The latent frames a differentiable decode keeps a gradient for (all unless ``decode_grad_frames``)."""
+        from rats_core.rewards import frame_indices
+
+        return frame_indices(latent_frames, self.decode_grad_frames)
+
     def decode(self, x0: Tensor) -> Tensor:
-        """Latents ``[B, 16, F', h, w]`` to frames ``[B, 3, F, H, W]`` in [0, 1], differentiable."""
+        """Latents ``[B, 16, F', h, w]`` to frames ``[B, 3, F, H, W]`` in [0, 1], differentiable.
+
+        The VAE decodes one latent frame at a time (each yields 4 video frames, the first one 1), carrying a
+        causal cache. With ``decode_grad_frames`` set, only that many evenly spaced latent frames are decoded
+        with a gradient; the others are decoded without one (their values are exact, the cache they leave is
+        a constant), which bounds the decode's activation memory, the largest part of a video step.
+        """
         c = self.vae.config
         z = x0.to(next(self.vae.parameters()).device)
         shape = (1, -1, 1, 1, 1)
         mean = torch.tensor(c.latents_mean, device=z.device, dtype=z.dtype).reshape(shape)
         std = torch.tensor(c.latents_std, device=z.device, dtype=z.dtype).reshape(shape)
-        video = self.vae.decode((z * std + mean).to(module_dtype(self.vae)), return_dict=False)[0]
+        z = (z * std + mean).to(module_dtype(self.vae))
+        grad_frames = self.grad_latent_frames(z.shape[2])
+        partial = torch.is_grad_enabled() and z.requires_grad and len(grad_frames) < z.shape[2]
+        if partial and getattr(c, "patch_size", None) is None and not getattr(self.vae, "use_tiling", False):
+            video = self._decode_some_with_grad(z, set(grad_frames))
+        else:
+            video = self.vae.decode(z, return_dict=False)[0]
         return (video.float() / 2 + 0.5).clamp(0, 1).to(x0.device)
+
+    def _decode_some_with_grad(self, z: Tensor, grad_frames: set[int]) -> Tensor:
+        """``AutoencoderKLWan._decode``'s frame loop (same values), with a gradient only for ``grad_frames``."""
+        vae = self.vae
+        vae.clear_cache()
+        try:
+            x = vae.post_quant_conv(z)
+            outs = []
+            for i in range(z.shape[2]):
+                vae._conv_idx = [0]
+                extra = {"first_chunk": True} if i == 0 else {}
+                with torch.enable_grad() if i in grad_frames else torch.no_grad():
+                    outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                            **extra))
+        finally:
+            vae.clear_cache()
+        return torch.cat(outs, 2).clamp(-1.0, 1.0)
 
     # -- σ and the network
 
@@ -248,8 +288,8 @@ class WanBackbone(DiffusersBackbone):
             cond = batch_cond(cond, to_device(self.negative_cond(), x.device), b)
             inp, t = torch.cat([inp, inp]), torch.cat([t, t])
         dtype = module_dtype(denoiser)
-        velocity = denoiser(hidden_states=inp.to(dtype), timestep=t, encoder_hidden_states=cond["prompt_embeds"].to(dtype),
-                            return_dict=False)[0].to(x.dtype)
+        velocity = denoiser(hidden_states=inp.to(dtype), timestep=t,
+                            encoder_hidden_states=cond["prompt_embeds"].to(dtype), return_dict=False)[0].to(x.dtype)
         if guided:
             velocity = cfg(*velocity.chunk(2), guidance_scale)
         return x0_from_flow(x, s, velocity)
@@ -355,6 +395,7 @@ def wan(
     gradient_checkpointing: bool = False,
     vae_slicing: bool = False,
     vae_tiling: bool = False,
+    decode_grad_frames: Annotated[int, Field(gt=0)] | None = None,
     flow_shift: Annotated[float, Field(gt=0)] | None = None,
     negative_prompt: str = "",
     max_sequence_length: Annotated[int, Field(gt=0, le=512)] = 512,
@@ -366,6 +407,8 @@ def wan(
     ``resolution``: frame height in px (multiple of 16; default 480); ``width``: frame width (default:
     the height; the model's native 480p is 480×832). ``num_frames``: video frames, 1 + a multiple of 4.
     ``dtype``: the UMT5 encoder (and the VAE unless ``vae_dtype``); ``denoiser_dtype``: the transformer.
+    ``decode_grad_frames``: how many evenly spaced latent frames the differentiable decode keeps a
+    gradient for (each is 4 video frames; default: all) — the decode dominates a video step's memory.
     ``flow_shift`` overrides the scheduler's (3.0 for 480p, 5.0 for 720p). ``negative_prompt``: the
     unconditional branch of guidance. ``export_dtype``: the one dtype of every part of an exported
     pipeline (default: the frozen parts'). For the 14B model set ``path: Wan-AI/Wan2.1-T2V-14B-Diffusers``.
@@ -374,8 +417,8 @@ def wan(
         path, resolution=resolution, width=width, num_frames=num_frames, device=device, dtype=dtype,
         denoiser_dtype=denoiser_dtype, vae_dtype=vae_dtype, export_dtype=export_dtype,
         gradient_checkpointing=gradient_checkpointing, vae_slicing=vae_slicing, vae_tiling=vae_tiling,
-        flow_shift=flow_shift, negative_prompt=negative_prompt, max_sequence_length=max_sequence_length,
-        variant=variant, revision=revision,
+        decode_grad_frames=decode_grad_frames, flow_shift=flow_shift, negative_prompt=negative_prompt,
+        max_sequence_length=max_sequence_length, variant=variant, revision=revision,
     )
 
 

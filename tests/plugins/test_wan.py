@@ -79,8 +79,8 @@ def _shipped_scheduler(folder: Path, first_order: bool = True):
 def test_registered_with_the_video_options():
     props = get_registry().get("backbones", "wan").options_schema()["properties"]
     for option in ("path", "resolution", "width", "num_frames", "device", "dtype", "denoiser_dtype", "vae_dtype",
-                   "export_dtype", "gradient_checkpointing", "vae_slicing", "vae_tiling", "flow_shift",
-                   "negative_prompt", "max_sequence_length", "variant", "revision"):
+                   "export_dtype", "gradient_checkpointing", "vae_slicing", "vae_tiling", "decode_grad_frames",
+                   "flow_shift", "negative_prompt", "max_sequence_length", "variant", "revision"):
         assert option in props, option
 
 
@@ -194,6 +194,33 @@ def test_decode_and_predict_are_differentiable_with_frozen_parts(bb):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bb.denoiser.parameters())
     assert all(p.grad is None for m in bb.frozen_modules() for p in m.parameters())
     bb.denoiser.zero_grad(set_to_none=True)
+
+
+def test_decode_grad_frames_bounds_the_gradient_to_some_latent_frames_with_the_same_values(folder):
+    """``decode_grad_frames=1`` on 3 latent frames: the frames are exactly the VAE's, and only the middle
+    latent frame (video frames 1-4) is decoded with a gradient; the other frames carry none."""
+    full = build(folder, num_frames=9)
+    part = build(folder, num_frames=9, decode_grad_frames=1)
+    assert part.grad_latent_frames(3) == [1] and full.grad_latent_frames(3) == [0, 1, 2]
+    z = torch.randn(1, *LATENT[:1], 3, 2, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = full.vae.decode(z * torch.tensor(full.vae.config.latents_std).reshape(1, -1, 1, 1, 1)
+                                    + torch.tensor(full.vae.config.latents_mean).reshape(1, -1, 1, 1, 1),
+                                    return_dict=False)[0]
+    reference = (reference / 2 + 0.5).clamp(0, 1)
+    grads = []
+    for backbone in (full, part):
+        latents = z.clone().requires_grad_(True)
+        frames = backbone.decode(latents)
+        torch.testing.assert_close(frames, reference, rtol=1e-5, atol=1e-6)
+        frames.sum().backward()
+        grads.append(latents.grad.abs().sum(dim=(0, 1, 3, 4)))
+    assert (grads[0] > 0).all()  # every latent frame gets a gradient from the full decode
+    assert grads[1][1] > 0 and grads[1][0] == 0 and grads[1][2] == 0
+    with torch.no_grad():  # without a gradient the option changes nothing
+        torch.testing.assert_close(part.decode(z), reference, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="decode_grad_frames"):
+        build(folder, decode_grad_frames=0)
 
 
 def test_lora_targets_exist_in_the_architecture(bb):
