@@ -27,6 +27,7 @@ DEFAULT_PLUGINS = (
     "rats_plugins.horizons",
     "rats_plugins.toy",
     "rats_plugins.digits.plugin",
+    "rats_plugins.scenes.plugin",
     "rats_plugins.backbones.sd15",
     "rats_plugins.backbones.sdxl",
     "rats_plugins.backbones.pixart",

@@ -1,0 +1,139 @@
+"""The scenes judge: an attribute model that is never used in training (GenEval in miniature).
+
+A small CNN reads a 32x32 scene into a table of object counts per (colour, shape) -- with an extra
+``blob`` shape for malformed objects, learnt from near misses (ragged, star-shaped, squashed or
+smeared shapes), so a ragged square is not counted as a square -- and the mean centre of each
+cell's objects. :func:`grade` compares that reading with the prompt:
+
+* ``count``     the number of objects is right
+* ``colour``    the number of objects of every colour is right
+* ``shape``     the number of objects of every shape is right (any blob makes it wrong)
+* ``relation``  (relation prompts only) both named objects are found and the second one's centre lies
+                on the named side of the first's, along the dominant axis
+* ``all``       the whole count table is exactly right (and the relation, if any)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .world import COLOURS, JUDGE_SHAPES, MAX_COUNT, RES, SHAPES, Spec, parse
+
+N_COLOURS, N_SHAPES, N_COUNTS = len(COLOURS), len(JUDGE_SHAPES), MAX_COUNT + 1
+FEATURES = 64
+
+
+class JudgeNet(nn.Module):
+    def __init__(self, width: int = 24):
+        super().__init__()
+        w = width
+
+        def block(i, o, s):
+            return nn.Sequential(nn.Conv2d(i, o, 3, s, 1), nn.GroupNorm(8, o), nn.SiLU())
+
+        self.body = nn.Sequential(
+            block(3, w, 1), block(w, 2 * w, 2),  # 16
+            block(2 * w, 2 * w, 1), block(2 * w, 4 * w, 2),  # 8
+            block(4 * w, 4 * w, 1), block(4 * w, 4 * w, 2),  # 4
+        )
+        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, 256), nn.SiLU(), nn.Linear(256, FEATURES))
+        self.head = nn.Sequential(nn.SiLU(), nn.Linear(FEATURES, N_COLOURS * N_SHAPES * (N_COUNTS + 2)))
+        self.width = width
+
+    def features(self, x: Tensor) -> Tensor:
+        """Penultimate features ``[B, 64]`` (the Fréchet distance is computed on these)."""
+        return self.proj(self.body(x * 2 - 1))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(count_logits [B, 6, 4, 4], centres [B, 6, 4, 2] in [0, 1])`` for images in [0, 1]."""
+        out = self.head(self.features(x)).view(-1, N_COLOURS, N_SHAPES, N_COUNTS + 2)
+        return out[..., :N_COUNTS], torch.sigmoid(out[..., N_COUNTS:])
+
+
+def save_judge(model: JudgeNet, folder: Path, extra: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()},
+              str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"width": model.width, **(extra or {})}, indent=1))
+
+
+def load_judge(folder: Path) -> JudgeNet:
+    cfg = json.loads((folder / "config.json").read_text())
+    model = JudgeNet(cfg["width"])
+    model.load_state_dict({k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()})
+    return model.eval().requires_grad_(False)
+
+
+def to_judge_input(images: Tensor) -> Tensor:
+    x = images.detach().float().cpu().clamp(0, 1)
+    if x.shape[-1] != RES or x.shape[-2] != RES:
+        x = torch.nn.functional.interpolate(x, size=(RES, RES), mode="area")
+    return x
+
+
+@torch.no_grad()
+def read(model: JudgeNet, images: Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The judge's reading: counts ``[B, 6, 4]`` and centres ``[B, 6, 4, 2]``."""
+    x = to_judge_input(images)
+    counts, centres = [], []
+    for i in range(0, len(x), batch_size):
+        logits, c = model(x[i : i + batch_size])
+        counts.append(logits.argmax(-1).numpy())
+        centres.append(c.numpy())
+    return np.concatenate(counts), np.concatenate(centres)
+
+
+CATEGORIES = ("count", "colour", "shape", "relation", "all")
+
+
+def grade_one(spec: Spec, counts: np.ndarray, centres: np.ndarray) -> dict[str, bool | None]:
+    """Right/wrong per category for one image (``relation`` is None for counting prompts)."""
+    want = spec.table()
+    out: dict[str, bool | None] = {
+        "count": bool(counts.sum() == want.sum()),
+        "colour": bool((counts.sum(axis=1) == want.sum(axis=1)).all()),
+        "shape": bool((counts.sum(axis=0) == want.sum(axis=0)).all()),
+        "relation": None,
+    }
+    ok = bool((counts == want).all())
+    if spec.relation is not None:
+        colours, shapes = list(COLOURS), list(JUDGE_SHAPES)
+        cells = [(colours.index(o.colour), shapes.index(o.shape)) for o in spec.objects]
+        found = all(counts[c] >= 1 for c in cells)
+        rel = False
+        if found:
+            (ax, ay), (bx, by) = centres[cells[0]], centres[cells[1]]
+            dx, dy = bx - ax, by - ay
+            rel = bool(dx > abs(dy)) if spec.relation == "left of" else bool(dy > abs(dx))
+        out["relation"] = rel
+        ok = ok and rel
+    out["all"] = ok
+    return out
+
+
+def grade(model: JudgeNet, images: Tensor, prompts: Sequence[str]) -> list[dict[str, bool | None]]:
+    if len(images) != len(prompts):
+        raise ValueError(f"scenes judge: {len(images)} images but {len(prompts)} prompts")
+    specs = [parse(p) for p in prompts]
+    counts, centres = read(model, images)
+    return [grade_one(s, counts[i], centres[i]) for i, s in enumerate(specs)]
+
+
+def summarise(grades: Sequence[dict[str, bool | None]]) -> dict[str, float]:
+    """Accuracy per category (``relation`` over relation prompts only; NaN-free: 0 prompts -> omitted)."""
+    out = {}
+    for cat in CATEGORIES:
+        vals = [g[cat] for g in grades if g[cat] is not None]
+        if vals:
+            out[cat] = float(np.mean(vals))
+    return out
+
+
+__all__ = ["JudgeNet", "grade", "grade_one", "summarise", "read", "load_judge", "save_judge", "SHAPES"]

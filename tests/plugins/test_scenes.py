@@ -1,0 +1,171 @@
+"""The scenes world: prompts, the held-out split, rendering, the judge's grading and its metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rats_plugins.scenes import world
+from rats_plugins.scenes.judge import grade_one, summarise
+from rats_plugins.scenes.metrics import frechet_distance
+
+
+# ----------------------------------------------------------------------------- prompts and the split
+
+
+def test_prompt_round_trip_for_every_combination():
+    specs = world.all_specs()
+    assert len(specs) == 3 * 18 + 2 * 18 * 17
+    for s in specs:
+        assert world.parse(world.prompt_of(s)) == s
+
+
+@pytest.mark.parametrize("prompt,count,relation", [
+    ("a red circle", 1, None), ("two blue squares", 2, None), ("Three Cyan Triangles.", 3, None),
+    ("a red circle left of a green square", 1, "left of"), ("a blue triangle above a purple circle", 1, "above"),
+])
+def test_parse(prompt, count, relation):
+    s = world.parse(prompt)
+    assert (s.count, s.relation) == (count, relation)
+
+
+@pytest.mark.parametrize("prompt,fragment", [
+    ("a photo of a cat", "cannot read"), ("two pink circles", "unknown colour 'pink'"),
+    ("a red hexagon", "unknown shape"), ("a red circle left of a red circle", "must differ"),
+    ("two red circles above a blue square", "one object on each side"),
+])
+def test_parse_rejects_with_a_clear_message(prompt, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        world.parse(prompt)
+
+
+def test_heldout_split_is_fixed_disjoint_and_covers_every_attribute():
+    train, held = world.split_prompts("train"), world.split_prompts("heldout")
+    assert not set(train) & set(held)
+    assert len(train) + len(held) == len(world.all_specs())
+    assert 0.1 < len(held) / (len(train) + len(held)) < 0.3
+    # every single attribute, and every (colour, shape) object, is seen in training
+    seen = {o for p in train for o in world.parse(p).objects}
+    assert seen == {world.Obj(c, s) for c in world.COLOURS for s in world.SHAPES}
+    assert {world.parse(p).relation for p in train} == {None, *world.RELATIONS}
+    # both prompt kinds are held out
+    assert {world.parse(p).kind for p in held} == {"count", "relation"}
+    with pytest.raises(ValueError):
+        world.split_prompts("test")
+
+
+def test_shipped_prompt_files_are_the_split():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "experiments" / "prompts"
+    assert (root / "scenes_train.txt").read_text().split("\n")[:-1] == world.split_prompts("train")
+    assert (root / "scenes_heldout.txt").read_text().split("\n")[:-1] == world.split_prompts("heldout")
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def test_render_is_deterministic_per_seed_and_varies_across_seeds():
+    a = world.render("two red circles", 3)
+    assert a.shape == (3, 32, 32) and a.dtype == np.float32
+    assert 0 <= a.min() and a.max() <= 1
+    np.testing.assert_array_equal(a, world.render("two red circles", 3))
+    assert not np.array_equal(a, world.render("two red circles", 4))
+
+
+def _object_pixels(img: np.ndarray, colour: str) -> np.ndarray:
+    target = np.asarray(world.COLOURS[colour])[:, None, None]
+    return (np.abs(img - target).max(axis=0) < 0.12)
+
+
+def test_render_draws_the_prompt():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        img = world.render("a red circle left of a blue square", rng)
+        red, blue = _object_pixels(img, "red"), _object_pixels(img, "blue")
+        assert red.sum() > 20 and blue.sum() > 20
+        rx, ry = np.argwhere(red)[:, 1].mean(), np.argwhere(red)[:, 0].mean()
+        bx, by = np.argwhere(blue)[:, 1].mean(), np.argwhere(blue)[:, 0].mean()
+        assert bx - rx > abs(by - ry)  # blue lies to the right, along the dominant axis
+        img = world.render("a green triangle above a yellow circle", rng)
+        g, y = np.argwhere(_object_pixels(img, "green")), np.argwhere(_object_pixels(img, "yellow"))
+        assert y[:, 0].mean() - g[:, 0].mean() > abs(y[:, 1].mean() - g[:, 1].mean())
+
+
+def test_counting_scenes_have_separate_objects():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    for n, word in ((1, "a"), (2, "two"), (3, "three")):
+        for _ in range(10):
+            img = world.render(f"{word} cyan {'square' if n == 1 else 'squares'}", rng)
+            _, found = ndimage.label(_object_pixels(img, "cyan"))
+            assert found == n
+
+
+def test_near_miss_labels():
+    rng = np.random.default_rng(2)
+    blobs = 0
+    for _ in range(200):
+        ex = world.judge_example(rng)
+        assert ex.counts.shape == (6, 4) and ex.centres.shape == (6, 4, 2)
+        assert ex.image.shape == (3, 32, 32)
+        blobs += ex.counts[:, world.JUDGE_SHAPES.index(world.BLOB)].sum()
+    assert blobs > 20  # near misses are a real part of the judge's training data
+
+
+# ----------------------------------------------------------------------------- grading
+
+
+def _reading(spec: world.Spec, centres: dict | None = None):
+    counts = spec.table()
+    c = np.zeros((6, 4, 2), dtype=np.float32)
+    for (i, j), xy in (centres or {}).items():
+        c[i, j] = xy
+    return counts, c
+
+
+def test_grade_counting_prompt():
+    spec = world.parse("two red squares")
+    counts, centres = _reading(spec)
+    assert grade_one(spec, counts, centres) == {"count": True, "colour": True, "shape": True,
+                                                "relation": None, "all": True}
+    wrong = counts.copy()
+    wrong[0, 1] = 3  # three red squares
+    g = grade_one(spec, wrong, centres)
+    assert not g["count"] and not g["all"] and not g["colour"]
+    blob = counts.copy()
+    blob[0, 1], blob[0, 3] = 1, 1  # one of the squares is malformed
+    g = grade_one(spec, blob, centres)
+    assert g["count"] and g["colour"] and not g["shape"] and not g["all"]
+
+
+def test_grade_relation_prompt():
+    spec = world.parse("a red circle left of a blue square")
+    ok = {(0, 0): (0.2, 0.5), (2, 1): (0.8, 0.55)}
+    counts, centres = _reading(spec, ok)
+    assert grade_one(spec, counts, centres)["all"]
+    counts, centres = _reading(spec, {(0, 0): (0.8, 0.5), (2, 1): (0.2, 0.5)})  # swapped
+    g = grade_one(spec, counts, centres)
+    assert g["count"] and g["colour"] and g["shape"] and g["relation"] is False and not g["all"]
+    counts, centres = _reading(spec, {(0, 0): (0.5, 0.2), (2, 1): (0.55, 0.8)})  # above, not left of
+    assert grade_one(spec, counts, centres)["relation"] is False
+    counts, centres = _reading(spec, ok)
+    counts[2, 1], counts[2, 0] = 0, 1  # a blue circle instead of a blue square
+    g = grade_one(spec, counts, centres)
+    assert g["colour"] and not g["shape"] and g["relation"] is False
+
+
+def test_summarise_counts_relation_over_relation_prompts_only():
+    gs = [{"count": True, "colour": True, "shape": False, "relation": None, "all": False},
+          {"count": True, "colour": False, "shape": True, "relation": True, "all": False}]
+    assert summarise(gs) == {"count": 1.0, "colour": 0.5, "shape": 0.5, "relation": 1.0, "all": 0.0}
+
+
+def test_frechet_distance_is_zero_for_equal_gaussians_and_grows_with_the_mean_shift():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(500, 8))
+    mu, cov = f.mean(0), np.cov(f, rowvar=False)
+    assert abs(frechet_distance(mu, cov, mu, cov)) < 1e-6
+    assert frechet_distance(mu + 1, cov, mu, cov) == pytest.approx(8.0, rel=1e-6)
