@@ -179,7 +179,10 @@ class PixArtBackbone(DiffusersBackbone):
                    scheduler=scheduler)
 
     def sampling_kwargs(self, steps: int, guidance: float | None) -> dict[str, Any]:
-        return {**super().sampling_kwargs(steps, guidance), "max_sequence_length": self.max_sequence_length}
+        # The student was trained at exactly height × width: no aspect-ratio binning (which also has no
+        # bins for sizes other than PixArt's 256/512/1024 families).
+        return {**super().sampling_kwargs(steps, guidance), "max_sequence_length": self.max_sequence_length,
+                "use_resolution_binning": False}
 
 
 def pixart(
