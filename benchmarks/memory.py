@@ -219,7 +219,8 @@ def child_zero(config: str, overrides: list[str], steps: int, report: str) -> No
         seen: set[int] = set()
         params = [getattr(p, "ds_tensor", p) for p in trainer.student.parameters()]
         param_bytes = _storage_bytes(params, seen)
-        teacher_bytes = _storage_bytes(trainer.teacher.module.parameters(), set())
+        # ZeRO-3 partitions the teacher too (a second, optimizer-less engine): count this rank's shards
+        teacher_bytes = _storage_bytes([getattr(p, "ds_tensor", p) for p in trainer.teacher.module.parameters()], set())
         grads_seen: dict[str, int] = {}
 
         # gradients: measured right after the backward of each step, before the optimizer step
