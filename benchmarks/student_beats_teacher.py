@@ -1,13 +1,17 @@
 """The claim over seeds: the 2-step student beats its 50-step teacher on held-out prompts.
 
     python benchmarks/student_beats_teacher.py [CONFIG] [key=value ...] [--seeds 0,1,2] [--threads 1]
+    python benchmarks/student_beats_teacher.py --runs runs/scenes-seed0 runs/scenes-seed1 ...
 
-Runs ``rats ablate CONFIG --only rats --seeds 0,1,2`` (default ``experiments/digits.yaml``; each seed a
-full ``rats-run`` with its end-of-run held-out evaluation) and reads ``ablation.json`` and every
-run's ``report.json``. Per seed and as mean ± sd over seeds: the held-out reward of the student (K
-steps), its teacher (N steps), the base model at K and at N steps; and, from metrics training never
-sees, the independent judge's accuracy and the FID against real held-out digits, student vs base.
-``student_beats_teacher`` counts the seeds where student reward > teacher reward.
+Runs ``rats ablate CONFIG --only rats --seeds 0,1,2`` (default ``experiments/scenes.yaml``, the
+scenes world, when it and its weights exist, else ``experiments/digits.yaml``; each seed a full
+``rats-run`` with its end-of-run held-out evaluation) and reads every run's ``report.json`` -- or,
+with ``--runs``, reads the report.json of runs already made (e.g. seeds run side by side). Per seed
+and as mean ± sd over seeds: the held-out reward, judge accuracy (and per category) and FID of the
+student (K steps), its teacher (N steps), and the base model at K and at N steps (and at the other
+evaluated K). ``claim`` gives the three criteria over seeds (rats_core.verdict.across_seeds):
+reward above the teacher's in every seed, judge accuracy at least the teacher's on average, FID not
+above the teacher's beyond the seed spread; and how many seeds flag reward hacking.
 """
 
 from __future__ import annotations
@@ -25,8 +29,55 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, config_and_overrides, emit, machine, progress  # noqa: E402
 
-MODELS = {"student": "student", "teacher": "teacher", "base": "base", "base_teacher_steps": "base_at_teacher_steps"}
-COLUMNS = ("reward", "judge_accuracy", "fid")
+MODELS = {"student": "student", "teacher": "teacher", "base": "base", "base_teacher_steps": "base_at_teacher_steps",
+          "student_1": "student_1", "student_4": "student_4", "base_1": "base_1", "base_4": "base_4"}
+COLUMNS = ("reward", "judge_accuracy", "judge_count", "judge_colour", "judge_shape", "judge_relation", "fid")
+SCENES = ROOT / "experiments" / "scenes.yaml"
+SCENES_WEIGHTS = ROOT / "plugins" / "scenes" / "weights"
+
+
+def scenes_or_default(config: str | None) -> str | None:
+    """The scenes world when no config is given and its config and weights exist."""
+    if config is None and SCENES.is_file() and (SCENES_WEIGHTS / "pipeline" / "model_index.json").is_file():
+        return str(SCENES)
+    return config
+
+
+def summarise(reports: list[tuple[int, dict]]) -> dict:
+    """Per-seed rows, mean ± sd per column, and the three criteria over seeds."""
+    from rats_core.verdict import across_seeds
+
+    per_seed = []
+    for seed, report in reports:
+        held = report["held_out"]
+        row: dict = {"seed": seed, "overtake_step": report.get("overtake_step")}
+        for key, label in MODELS.items():
+            for col in COLUMNS:
+                if col in held.get(key, {}):
+                    row[f"{label}_{col}"] = held[key][col]
+        row["student_beats_teacher"] = row.get("student_reward", float("-inf")) > row.get("teacher_reward", float("inf"))
+        row["verdict"] = (report.get("verdict") or {}).get("summary")
+        per_seed.append(row)
+    keys = [k for k in per_seed[0] if k not in ("seed", "overtake_step", "student_beats_teacher", "verdict")]
+    summary = {k: mean_sd([r[k] for r in per_seed if isinstance(r.get(k), (int, float))]) for k in keys}
+    claim = across_seeds([r["held_out"] for _, r in reports])
+    return {"per_seed": per_seed, "summary": summary, "claim": claim}
+
+
+def claim_lines(claim: dict) -> list[str]:
+    def fmt(name: str, c: dict | None, extra: str = "") -> str:
+        if c is None:
+            return f"{name}: not measured"
+        return (f"{name}: {'HOLDS' if c['holds'] else 'does NOT hold'} (student {c['student_mean']:.4g} vs teacher "
+                f"{c['teacher_mean']:.4g}, student ahead or level in {c['wins']}/{claim['seeds']} seeds{extra})")
+
+    real = claim.get("realism")
+    return [fmt("reward above the teacher's", claim["reward"]),
+            fmt("judge accuracy at least the teacher's", claim["judge"]),
+            fmt("FID not worse than the teacher's beyond the seed spread", real,
+                f"; spread {real['seed_spread']:.3g}" if real else ""),
+            f"reward hacking flagged in {claim['reward_hacking_seeds']}/{claim['seeds']} seeds",
+            f"claim over seeds: {'HOLDS' if claim['claim_holds'] else 'does NOT hold'}"]
 
 
 def mean_sd(values: list[float]) -> dict[str, float | None]:
@@ -43,8 +94,32 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the runs (0: torch's choice)")
     ap.add_argument("--keep", metavar="DIR", help="output_dir to keep the runs in (default: temporary)")
+    ap.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="summarise these finished runs instead of training")
     args = ap.parse_args(argv)
-    config, args.overrides = config_and_overrides(args.config, args.overrides)
+    if args.runs:
+        reports = []
+        for d in args.runs:
+            path = Path(d) / "report.json"
+            if not path.is_file():
+                print(f"error: {path}: no such file (is {d} a finished rats-run output_dir?)", file=sys.stderr)
+                return 2
+            rep = json.loads(path.read_text())
+            cfg_path = Path(d) / "config.yaml"
+            seed = None
+            if cfg_path.is_file():
+                import yaml
+
+                seed = (yaml.safe_load(cfg_path.read_text()) or {}).get("seed")
+            reports.append((seed, rep))
+        out = {"benchmark": "student_beats_teacher", "runs_from": [str(d) for d in args.runs], "runs": len(reports),
+               "student_steps": reports[0][1].get("student_steps"), "teacher_steps": reports[0][1].get("teacher_steps"),
+               "train_steps": reports[0][1].get("train_steps"), **summarise(reports)}
+        out["student_beats_teacher"] = sum(r["student_beats_teacher"] for r in out["per_seed"])
+        for line in claim_lines(out["claim"]):
+            progress(line)
+        emit(out)
+        return 0
+    config, args.overrides = config_and_overrides(scenes_or_default(args.config), args.overrides)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     tmp = tempfile.TemporaryDirectory()
     root = Path(args.keep) if args.keep else Path(tmp.name)
@@ -67,19 +142,12 @@ def main(argv=None) -> int:
         tmp.cleanup()
         return 1
     ablation = json.loads((root / "ablation" / "ablation.json").read_text())
-    per_seed = []
-    for seed in seeds:
-        report = json.loads((root / "ablation" / "rats" / f"seed{seed}" / "report.json").read_text())
-        held = report["held_out"]
-        row: dict = {"seed": seed, "overtake_step": report.get("overtake_step")}
-        for key, label in MODELS.items():
-            for col in COLUMNS:
-                if col in held.get(key, {}):
-                    row[f"{label}_{col}"] = held[key][col]
-        row["student_beats_teacher"] = row.get("student_reward", float("-inf")) > row.get("teacher_reward", float("inf"))
-        per_seed.append(row)
-    keys = [k for k in per_seed[0] if k not in ("seed", "overtake_step", "student_beats_teacher")]
-    summary = {k: mean_sd([r[k] for r in per_seed if isinstance(r.get(k), (int, float))]) for k in keys}
+    reports = [(seed, json.loads((root / "ablation" / "rats" / f"seed{seed}" / "report.json").read_text()))
+               for seed in seeds]
+    summed = summarise(reports)
+    per_seed, summary = summed["per_seed"], summed["summary"]
+    for line in claim_lines(summed["claim"]):
+        progress(line)
     first = json.loads((root / "ablation" / "rats" / f"seed{seeds[0]}" / "report.json").read_text())
     out = {
         "benchmark": "student_beats_teacher",
@@ -92,6 +160,7 @@ def main(argv=None) -> int:
         "student_beats_teacher": sum(r["student_beats_teacher"] for r in per_seed),
         "runs": len(per_seed),
         "summary": summary,
+        "claim": summed["claim"],
         "per_seed": per_seed,
         "ablation_summary": ablation.get("summary"),
         "seconds": round(seconds, 1),

@@ -262,6 +262,9 @@ def end_of_run_report(trainer: "Trainer") -> dict[str, Any] | None:
     if base_state is not None:
         with swapped_weights(trainer, base_state):
             base_variants = [Variant("base", trainer.student, k, cfg.student.guidance_scale)]
+            # the base model at every other evaluated student step count too (base_1, base_4, ...)
+            base_variants += [Variant(f"base_{s}", trainer.student, s, cfg.student.guidance_scale)
+                              for s in student_steps if s not in (k, n)]
             base_variants.append(Variant("base_teacher_steps", trainer.student, n, cfg.teacher.guidance_scale))
             r, im, expanded = evaluate_variants(trainer.backbone, trainer.rewards, base_variants, prompts, **common)
             results.update(r)

@@ -245,6 +245,8 @@ def write_report(
     output_dir = Path(output_dir)
     report_dir = output_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
+    from .verdict import markdown as verdict_markdown, verdict
+
     step, source = overtake_step(history)
     k, n = cfg.student.steps, cfg.eval.teacher_steps or cfg.teacher.steps
     student = results.get("student", {})
@@ -266,6 +268,8 @@ def write_report(
         "gate": cfg.gate.name,
         "horizons": cfg.horizons.name,
         "claims": claims,
+        # per criterion (reward, judge, realism) and a reward-hacking flag; rats_core/verdict.py
+        "verdict": verdict(results),
         "prompts": len(set(prompts)),
         "images": len(prompts),
     }
@@ -289,6 +293,8 @@ def write_report(
         "combination of " + ", ".join(f"{r.name}×{r.weight:g}" for r in cfg.rewards) + " (mean ± 95% interval).",
         "",
         markdown_table(results),
+        "",
+        verdict_markdown(report["verdict"]),
         "",
         f"Student overtakes teacher at step: {step if step is not None else 'never'} ({source}).",
         "",
