@@ -48,6 +48,7 @@ from ._diffusers_common import (
     per_sample,
     resolve_device,
     to_device,
+    unwrap_denoiser,
 )
 
 DEFAULT_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -287,7 +288,7 @@ class WanBackbone(DiffusersBackbone):
         if guided:
             cond = batch_cond(cond, to_device(self.negative_cond(), x.device), b)
             inp, t = torch.cat([inp, inp]), torch.cat([t, t])
-        dtype = module_dtype(denoiser)
+        dtype = compute_dtype(denoiser)
         velocity = denoiser(hidden_states=inp.to(dtype), timestep=t,
                             encoder_hidden_states=cond["prompt_embeds"].to(dtype), return_dict=False)[0].to(x.dtype)
         if guided:
@@ -352,6 +353,15 @@ class WanBackbone(DiffusersBackbone):
         info["usage"] = info["usage"].replace("image = pipe(", "video = pipe(").replace(".images[0]", ".frames[0]")
         manifest_path.write_text(json.dumps(info, indent=2) + "\n")
         return directory
+
+
+def compute_dtype(denoiser: nn.Module) -> torch.dtype:
+    """The dtype the transformer computes in. Not its first parameter's: ``WanTransformer3DModel`` keeps
+    ``scale_shift_table``, norms and the time embedder in fp32 beside bf16 weights; diffusers' ``dtype``
+    skips those (what ``WanPipeline`` casts its inputs to)."""
+    model = unwrap_denoiser(denoiser)
+    dtype = getattr(model, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else module_dtype(model)
 
 
 def cast_saved_weights(folder: Path, dtype: torch.dtype) -> None:

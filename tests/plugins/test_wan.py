@@ -223,6 +223,22 @@ def test_decode_grad_frames_bounds_the_gradient_to_some_latent_frames_with_the_s
         build(folder, decode_grad_frames=0)
 
 
+def test_bf16_parts_predict_and_decode_under_the_trainers_autocast(folder):
+    """bf16 everywhere, as experiments/wan.yaml trains: the rollout's autocast path gives finite x0 and frames."""
+    from rats_core.rollout import _predict
+
+    bb16 = build(folder, dtype="bf16", denoiser_dtype="bf16")
+    assert bb16.vae.dtype == bb16.text_encoder.dtype == bb16.denoiser.dtype == torch.bfloat16
+    cond = bb16.encode_prompts(PROMPTS[:1])
+    s = bb16.sigmas(2)
+    x = noise_for(bb16, 1).requires_grad_(True)
+    x0 = _predict(bb16, bb16.denoiser, x, s[0], cond, 3.0)
+    frames = bb16.decode(x0)
+    assert x0.dtype == frames.dtype == torch.float32 and torch.isfinite(frames).all()
+    frames.mean().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
 def test_lora_targets_exist_in_the_architecture(bb):
     names = [n for n, _ in bb.denoiser.named_modules()]
     for target in bb.lora_target_modules:
