@@ -147,6 +147,24 @@ def test_flow_shift_option_overrides_the_schedulers(folder):
     assert shifted.sigmas(2)[1].item() == pytest.approx(5 * 0.5005 / (1 + 4 * 0.5005), abs=1e-6)
 
 
+def test_a_flow_match_euler_scheduler_config_gives_its_shift(folder, tmp_path):
+    """Community Wan folders ship FlowMatchEulerDiscreteScheduler(shift=...): the same σ rule with that shift."""
+    import shutil
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    other = tmp_path / "wan-euler"
+    shutil.copytree(folder, other)
+    shutil.rmtree(other / "scheduler")
+    FlowMatchEulerDiscreteScheduler(shift=5.0).save_pretrained(other / "scheduler")
+    index = json.loads((other / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    (other / "model_index.json").write_text(json.dumps(index))
+    euler = build(other)
+    assert euler.schedule.flow_shift == 5.0
+    torch.testing.assert_close(euler.sigmas(3), build(folder, flow_shift=5.0).sigmas(3), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 def test_x0_prediction_matches_one_scheduler_step(bb, folder, guidance):
     """One step of the model's scheduler (order 1: DDIM) from the network output computed as WanPipeline
