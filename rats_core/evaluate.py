@@ -186,28 +186,29 @@ def evaluate_variants(
 
 @contextlib.contextmanager
 def swapped_weights(trainer: "Trainer", state: dict[str, Tensor]) -> Iterator[None]:
-    """Temporarily load ``state`` into the student's trainable parameters (e.g. the base weights)."""
+    """Temporarily load ``state`` into the student's trainable parameters (e.g. the base weights).
+    Under ZeRO-3 every rank takes part and the tensors go through a few at a time (rats_core/zero.py),
+    never the whole model gathered at once."""
+    from . import zero
+
     params = dict(trainer.student.named_parameters())
     names = [n for n in trainer.trainable_names if n in state]
-    gather = contextlib.nullcontext()
     if trainer.zero_stage == 3:
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters([params[n] for n in names], modifier_rank=0)
-    with gather:
-        saved = {n: params[n].detach().clone() for n in names}
-        with torch.no_grad():
-            for n in names:
-                params[n].copy_(state[n].to(params[n].dtype))
+        saved = zero.gathered_state(trainer.student, names)
+        zero.load_partitioned(trainer.student, state, names)
+        try:
+            yield
+        finally:
+            zero.load_partitioned(trainer.student, saved, names)
+        return
+    saved = {n: params[n].detach().clone() for n in names}
+    with torch.no_grad():
+        for n in names:
+            params[n].copy_(state[n].to(params[n].dtype))
     try:
         yield
     finally:
-        gather = contextlib.nullcontext()
-        if trainer.zero_stage == 3:
-            import deepspeed
-
-            gather = deepspeed.zero.GatheredParameters([params[n] for n in names], modifier_rank=0)
-        with gather, torch.no_grad():
+        with torch.no_grad():
             for n in names:
                 params[n].copy_(saved[n])
 

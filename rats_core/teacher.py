@@ -9,7 +9,7 @@ from typing import Any, Hashable, Iterable
 import torch
 from torch import nn
 
-from .zero import local_shards
+from .zero import ema_targets
 
 
 def make_teacher(student: nn.Module, share_frozen: bool = False) -> nn.Module:
@@ -83,7 +83,7 @@ class Teacher:
             self._student_ref = student
         # Under ZeRO-3 both networks are partitioned alike (same shapes, same ranks), so each rank
         # updates its own shard and nothing is gathered.
-        ema_update(local_shards(self._params), local_shards(self._student_params), self.decay)
+        ema_update(*ema_targets(self._params, self._student_params), self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The tracked tensors (what changes during training)."""

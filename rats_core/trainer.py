@@ -301,6 +301,9 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         self.dist = setup(cfg.train.device)
+        from .threads import apply_threads
+
+        self.thread_policy = apply_threads(cfg.train.threads, verbose=self.dist.is_main)
         d = self.dist
         if cfg.train.batch_size <= 0:
             raise ConfigError("train.batch_size must be positive")
@@ -441,15 +444,14 @@ class Trainer:
     def _partition_teacher(self, ds_config: dict[str, Any]):
         """The ZeRO-3 teacher: a second DeepSpeed engine without optimizer (DeepSpeed-Chat's pattern
         for reference/EMA models), partitioned like the student and gathered layer by layer when it
-        runs. Every parameter is partitioned (persistence threshold 0), so each rank's EMA update of
-        its shard is all there is to update."""
+        runs. It takes the student's ZeRO settings, so the two are partitioned alike and each rank's
+        EMA update of its own shards is all there is to update (rats_core/zero.py: ema_targets)."""
         import deepspeed
 
         config = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler", "gradient_clipping")}
-        zero = dict(config.get("zero_optimization") or {})
-        zero.update(stage=3, stage3_param_persistence_threshold=0, stage3_model_persistence_threshold=0)
-        zero.pop("offload_optimizer", None)
-        config["zero_optimization"] = zero
+        zero_cfg = dict(config.get("zero_optimization") or {})
+        zero_cfg.pop("offload_optimizer", None)
+        config["zero_optimization"] = zero_cfg
         engine, *_ = deepspeed.initialize(model=self.teacher.module, config=config)
         engine.eval()
         return engine
@@ -550,9 +552,9 @@ class Trainer:
         total = cfg.train.steps
         progress = None
         if d.is_main and cfg.train.progress and self.step < total:
-            from tqdm.auto import tqdm
+            from .progress import progress_bar  # tqdm on a terminal, plain periodic lines in a log
 
-            progress = tqdm(total=total, initial=self.step, desc="rats", unit="step", dynamic_ncols=True)
+            progress = progress_bar(total=total, initial=self.step, desc="rats", unit="step")
         last_saved = self.step
         try:
             while self.step < total:
@@ -564,6 +566,7 @@ class Trainer:
                         "Run the same command again to resume."
                     )
                 values = self.train_step()
+                self.thread_policy.tick()
                 self.step += 1
                 if self.step % cfg.train.log_every == 0 or self.step == total:
                     self.history.append({"step": self.step, **values})

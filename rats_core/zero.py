@@ -69,8 +69,50 @@ def full_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def local_shards(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """This rank's shard of each parameter (the parameter itself when it is not partitioned)."""
-    return [p.ds_tensor if is_partitioned(p) else p for p in params]
+    """What this rank holds of each parameter: its shard, or the whole tensor when the parameter is
+    not partitioned or is one of ZeRO-3's persistent (small, replicated) parameters."""
+    return [p.ds_tensor if is_partitioned(p) and not p.ds_persist else p for p in params]
+
+
+def ema_targets(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Matching (teacher, student) tensors for a shard-wise EMA update on this rank.
+
+    Both networks are partitioned alike by DeepSpeed (same shapes, same ranks), so shard ``i`` of a
+    teacher parameter pairs with shard ``i`` of the student's; persistent parameters pair their full
+    tensors. Where only one side is persistent (model_persistence_threshold can split them) the
+    student's slice for this rank's teacher shard is cut from its full tensor, or the full student
+    tensor is gathered for a persistent teacher parameter."""
+    t_out: list[torch.Tensor] = []
+    s_out: list[torch.Tensor] = []
+    for t, s in zip(teacher, student):
+        t_local = local_shards([t])[0]
+        s_local = local_shards([s])[0]
+        if t_local.shape == s_local.shape:
+            t_out.append(t_local)
+            s_out.append(s_local)
+        elif t_local is not t:  # teacher sharded, student whole: this rank's slice of the student
+            n = t_local.numel()
+            start = n * _rank()
+            flat = s.detach().reshape(-1)[start : start + n]
+            if flat.numel() < n:  # the last shard is padded
+                flat = torch.cat([flat, flat.new_zeros(n - flat.numel())])
+            t_out.append(t_local)
+            s_out.append(flat.view_as(t_local))
+        else:  # teacher whole (persistent), student sharded: gather the student's full tensor
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([s], modifier_rank=None):
+                full = s.detach().clone()
+            t_out.append(t)
+            s_out.append(full)
+    return t_out, s_out
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def shard_bytes(module: nn.Module) -> dict[str, int]:
@@ -79,5 +121,6 @@ def shard_bytes(module: nn.Module) -> dict[str, int]:
     for p in module.parameters():
         size = p.element_size()
         full += (p.ds_numel if is_partitioned(p) else p.numel()) * size
-        local += (p.ds_tensor.numel() if is_partitioned(p) else p.numel()) * size
+        # a partitioned parameter's data is empty unless gathered or persistent (then it is whole)
+        local += ((p.ds_tensor.numel() + p.data.numel()) if is_partitioned(p) else p.numel()) * size
     return {"local": local, "full": full}

@@ -206,3 +206,18 @@ def test_settings_from_config(toy_config):
     cfg = load_config(toy_config, ["loss.alpha=0.5", "student.grad_steps=2", "teacher.alignment=nearest"])
     s = ObjectiveSettings.from_config(cfg)
     assert (s.student_steps, s.teacher_steps, s.grad_steps, s.alpha, s.alignment) == (2, 8, 2, 0.5, "nearest")
+
+
+@pytest.mark.parametrize("horizon_gradients", [True, False])
+def test_horizon_gradients_option_controls_the_early_horizons_gradient(horizon_gradients):
+    """Only the first horizon matched, K_grad = 1 of K = 3 steps, no reward term: the shape loss reaches
+    the student's weights through that horizon's own evaluation exactly when the option is on."""
+    b, student, teacher, obj, noise = _setup(
+        "flow", horizons=explicit(steps=[0]), beta=0.0, grad_steps=1, horizon_gradients=horizon_gradients)
+    loss, _ = obj(student, teacher, PROMPTS, noise)
+    assert loss.item() > 0
+    loss.backward()
+    moved = any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert moved is horizon_gradients  # off: the matched step ran under no_grad, nothing trains through it
+    kept = obj.student_rollout(student, noise, b.encode_prompts(PROMPTS)).x0[0]
+    assert kept.requires_grad is horizon_gradients
