@@ -345,6 +345,8 @@ class WanBackbone(DiffusersBackbone):
         manifest_path = directory / "rats_export.json"
         info = json.loads(manifest_path.read_text())
         info.update(width=self.width, num_frames=self.num_frames)
+        if isinstance(info.get("scheduler", {}).get("disable_corrector"), list):  # 1001 step indices: say it
+            info["scheduler"]["disable_corrector"] = "every step (first order: deterministic DDIM steps)"
         if not lora_only:
             # the weights as saved, whatever dtype each part was trained or kept in
             for part in _WEIGHT_PARTS:

@@ -288,6 +288,7 @@ def test_export_loads_in_plain_diffusers_and_samples_as_trained(folder, tmp_path
                     "num_frames": tiny.NUM_FRAMES, "max_sequence_length": tiny.MAX_SEQUENCE_LENGTH,
                     **({"negative_prompt": negative} if negative else {})}
     assert manifest["num_frames"] == tiny.NUM_FRAMES and manifest["dtype"] == "float32"
+    assert manifest["scheduler"]["solver_order"] == 1 and "every step" in manifest["scheduler"]["disable_corrector"]
     pipe = DiffusionPipeline.from_pretrained(out)
     assert type(pipe).__name__ == "WanPipeline" and type(pipe.scheduler).__name__ == "UniPCMultistepScheduler"
     noise = noise_for(bb, 1, seed=3)
