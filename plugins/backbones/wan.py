@@ -20,7 +20,6 @@ negative prompt (the empty prompt unless ``negative_prompt`` is set), evaluated 
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from pathlib import Path
@@ -139,7 +138,6 @@ class WanBackbone(DiffusersBackbone):
         dtype: str = "bf16",
         denoiser_dtype: str = "bf16",
         vae_dtype: str | None = None,
-        export_dtype: str | None = None,
         gradient_checkpointing: bool = False,
         vae_slicing: bool = False,
         vae_tiling: bool = False,
@@ -176,7 +174,6 @@ class WanBackbone(DiffusersBackbone):
         self.denoiser = transformer.to(self.device)
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
-        self._export_dtype = DTYPES[export_dtype] if export_dtype else None
         self.latent_channels = int(transformer.config.in_channels)
         self.vae_factor = int(self.vae.config.scale_factor_spatial)
         self.temporal_factor = int(self.vae.config.scale_factor_temporal)
@@ -321,27 +318,18 @@ class WanBackbone(DiffusersBackbone):
             kwargs["negative_prompt"] = self.negative_prompt
         return kwargs
 
-    def export_dtype(self) -> torch.dtype:
-        """The one dtype of an exported pipeline: the ``export_dtype`` option, else the frozen parts'
-        (16-bit if any of them is), the rule the other backbones follow."""
-        if self._export_dtype is not None:
-            return self._export_dtype
-        found = {module_dtype(m) for m in self.frozen_modules()}
-        return next((dt for dt in (torch.bfloat16, torch.float16) if dt in found), torch.float32)
-
     def export(self, denoiser: nn.Module, directory: Path, *, steps: int, lora_only: bool = False,
                guidance_scale: float | None = None, dtype: str | None = None) -> Path:
         """The shared export (a ``WanPipeline`` folder, or the LoRA alone) with every component's weights
-        in one dtype, so ``WanPipeline.from_pretrained(folder)(prompt=...)`` runs as it is: ``dtype``
-        (``fp32``/``bf16``/``fp16``), else :meth:`export_dtype`. Frame count and size are recorded in
-        ``rats_export.json``."""
+        in one dtype, ``dtype`` (``fp32``/``bf16``/``fp16``; default fp32, which a plain
+        ``WanPipeline.from_pretrained(folder)`` loads as it is). The saved files are cast too: the shared
+        cast looks at a module's first parameter, which for a bf16 Wan transformer is its fp32-kept
+        ``scale_shift_table``. Frame count and size are recorded in ``rats_export.json``."""
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"export dtype must be one of fp32, bf16, fp16 (got {dtype!r})")
-        target = DTYPES[dtype] if dtype is not None else self.export_dtype()
-        shared = super().export
-        extra = {"dtype": dtype} if "dtype" in inspect.signature(shared).parameters else {}
-        directory = shared(denoiser, directory, steps=steps, lora_only=lora_only, guidance_scale=guidance_scale,
-                           **extra)
+        target = DTYPES[dtype] if dtype is not None else torch.float32
+        directory = super().export(denoiser, directory, steps=steps, lora_only=lora_only,
+                                   guidance_scale=guidance_scale, dtype=dtype)
         manifest_path = directory / "rats_export.json"
         info = json.loads(manifest_path.read_text())
         info.update(width=self.width, num_frames=self.num_frames)
@@ -403,7 +391,6 @@ def wan(
     dtype: DtypeName = "bf16",
     denoiser_dtype: DtypeName = "bf16",
     vae_dtype: DtypeName | None = None,
-    export_dtype: DtypeName | None = None,
     gradient_checkpointing: bool = False,
     vae_slicing: bool = False,
     vae_tiling: bool = False,
@@ -422,12 +409,11 @@ def wan(
     ``decode_grad_frames``: how many evenly spaced latent frames the differentiable decode keeps a
     gradient for (each is 4 video frames; default: all) — the decode dominates a video step's memory.
     ``flow_shift`` overrides the scheduler's (3.0 for 480p, 5.0 for 720p). ``negative_prompt``: the
-    unconditional branch of guidance. ``export_dtype``: the one dtype of every part of an exported
-    pipeline (default: the frozen parts'). For the 14B model set ``path: Wan-AI/Wan2.1-T2V-14B-Diffusers``.
+    unconditional branch of guidance. For the 14B model set ``path: Wan-AI/Wan2.1-T2V-14B-Diffusers``.
     """
     return WanBackbone(
         path, resolution=resolution, width=width, num_frames=num_frames, device=device, dtype=dtype,
-        denoiser_dtype=denoiser_dtype, vae_dtype=vae_dtype, export_dtype=export_dtype,
+        denoiser_dtype=denoiser_dtype, vae_dtype=vae_dtype,
         gradient_checkpointing=gradient_checkpointing, vae_slicing=vae_slicing, vae_tiling=vae_tiling,
         decode_grad_frames=decode_grad_frames, flow_shift=flow_shift, negative_prompt=negative_prompt,
         max_sequence_length=max_sequence_length, variant=variant, revision=revision,

@@ -79,7 +79,7 @@ def _shipped_scheduler(folder: Path, first_order: bool = True):
 def test_registered_with_the_video_options():
     props = get_registry().get("backbones", "wan").options_schema()["properties"]
     for option in ("path", "resolution", "width", "num_frames", "device", "dtype", "denoiser_dtype", "vae_dtype",
-                   "export_dtype", "gradient_checkpointing", "vae_slicing", "vae_tiling", "decode_grad_frames",
+                   "gradient_checkpointing", "vae_slicing", "vae_tiling", "decode_grad_frames",
                    "flow_shift", "negative_prompt", "max_sequence_length", "variant", "revision"):
         assert option in props, option
 
@@ -303,9 +303,9 @@ def test_export_loads_in_plain_diffusers_and_samples_as_trained(folder, tmp_path
 
 
 def test_export_writes_every_component_in_one_dtype(folder, tmp_path):
-    """bf16 frozen parts beside an fp32 transformer: the folder holds bf16 throughout (the frozen parts'
-    dtype is the default), so a plain ``from_pretrained`` gets one dtype and the pipeline runs;
-    ``dtype=`` and the ``export_dtype`` option choose another."""
+    """A bf16 backbone exports float32 throughout by default (what a plain ``from_pretrained`` loads as it
+    is), or one 16-bit dtype with ``dtype=``, loaded with ``torch_dtype`` as the manifest's usage line says.
+    The bf16 Wan transformer's first parameter is an fp32-kept table: the cast must not stop at it."""
     from diffusers import WanPipeline
     from safetensors import safe_open
 
@@ -316,25 +316,28 @@ def test_export_writes_every_component_in_one_dtype(folder, tmp_path):
                 seen |= {str(h.get_slice(k).get_dtype()) for k in h.keys()}
         return seen
 
-    bb = build(folder, dtype="bf16")
-    assert bb.vae.dtype == bb.text_encoder.dtype == torch.bfloat16 and bb.denoiser.dtype == torch.float32
-    out = bb.export(bb.denoiser, tmp_path / "bf16", steps=2)
-    assert dtypes(out) == {"BF16"} and json.loads((out / "rats_export.json").read_text())["dtype"] == "bfloat16"
-    assert bb.denoiser.dtype == torch.float32  # the live backbone is untouched
-    call = json.loads((out / "rats_export.json").read_text())["call"]
-    pipe = WanPipeline.from_pretrained(out, torch_dtype=torch.bfloat16)
-    assert {pipe.transformer.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.bfloat16}
-    # as-is: diffusers loads its models in fp32 without torch_dtype, transformers follows the saved dtype;
-    # WanPipeline runs with that mix
+    def params(pipe) -> set[torch.dtype]:
+        return {p.dtype for m in (pipe.transformer, pipe.vae, pipe.text_encoder) for p in m.parameters()}
+
+    bb = build(folder, dtype="bf16", denoiser_dtype="bf16")
+    assert next(bb.denoiser.parameters()).dtype == torch.float32 and bb.denoiser.dtype == torch.bfloat16
+    out = bb.export(bb.denoiser, tmp_path / "fp32", steps=2)
+    manifest = json.loads((out / "rats_export.json").read_text())
+    assert dtypes(out) == {"F32"} and manifest["dtype"] == "float32"
+    assert manifest["usage"].startswith("pipe = DiffusionPipeline.from_pretrained(DIR); video = pipe(")
+    assert bb.vae.dtype == bb.text_encoder.dtype == bb.denoiser.dtype == torch.bfloat16  # live parts untouched
     plain = WanPipeline.from_pretrained(out)
-    for p in (pipe, plain):
+    assert params(plain) == {torch.float32}
+    out16 = bb.export(bb.denoiser, tmp_path / "bf16", steps=2, dtype="bf16")
+    manifest16 = json.loads((out16 / "rats_export.json").read_text())
+    assert dtypes(out16) == {"BF16"} and "torch_dtype=torch.bfloat16" in manifest16["usage"]
+    pipe16 = WanPipeline.from_pretrained(out16, torch_dtype=torch.bfloat16)
+    assert {pipe16.transformer.dtype, pipe16.vae.dtype, pipe16.text_encoder.dtype} == {torch.bfloat16}
+    for p in (plain, pipe16):
         with torch.no_grad():
-            video = p(PROMPTS[0], output_type="pt", **call).frames
+            video = p(PROMPTS[0], output_type="pt", **manifest["call"]).frames
         assert video.shape == (1, tiny.NUM_FRAMES, 3, 16, 16) and torch.isfinite(video.float()).all()
-    assert dtypes(bb.export(bb.denoiser, tmp_path / "fp32", steps=2, dtype="fp32")) == {"F32"}
-    assert dtypes(build(folder, export_dtype="fp16").export(bb.denoiser, tmp_path / "fp16", steps=2)) == {"F16"}
-    upcast = build(folder, denoiser_dtype="bf16")  # a bf16 transformer beside fp32 frozen parts: all fp32
-    assert dtypes(upcast.export(upcast.denoiser, tmp_path / "up", steps=2)) == {"F32"}
+    assert dtypes(bb.export(bb.denoiser, tmp_path / "fp16", steps=2, dtype="fp16")) == {"F16"}
     with pytest.raises(ValueError, match="export dtype must be one of"):
         bb.export(bb.denoiser, tmp_path / "bad", steps=2, dtype="int8")
 
