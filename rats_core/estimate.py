@@ -42,7 +42,7 @@ GiB = 1024**3
 #: the precision policy the figures assume (printed with every estimate)
 POLICY = (
     "rats_core/precision.py: trainable tensors stored fp32 (they are the masters) + fp32 grads + fp32 Adam "
-    "m,v = 16 B/param, plus DeepSpeed's fp32 partition copy at ZeRO>=1; train.precision=bf16 computes under "
+    "m,v = 16 B/param, plus DeepSpeed's fp32 partition copy at ZeRO-1/2; train.precision=bf16 computes under "
     "torch.autocast, which caches a bf16 copy of each trainable weight for the step (+2 B/param). LoRA base "
     "weights stay in backbone.denoiser_dtype; the EMA teacher's tracked tensors are fp32 (a LoRA teacher "
     "shares the frozen base below ZeRO-3; under ZeRO-3 the teacher is its own copy, partitioned like the "
@@ -50,8 +50,10 @@ POLICY = (
 )
 ACTIVATIONS_METHOD = (
     "meta-device trace at the config's resolution and batch: bytes autograd saves for backward "
-    "(fused attention assumed), checkpointing as configured; expected error +-25% (measured on CPU, "
-    "benchmarks/README.md); CUDA context, allocator fragmentation and kernel workspaces not included"
+    "(fused attention assumed), checkpointing as configured. A lower bound: a real backward peaked at "
+    "1.2x (SD1.5 VAE decode) and 1.4x (SD1.5 UNet, LoRA) the traced figure on CPU at 256 px "
+    "(benchmarks/README.md, not yet checked on a GPU); CUDA context, allocator fragmentation and kernel "
+    "workspaces not included"
 )
 #: GPU sizes the table is checked against; cards sold as "24/40/80 GB" hold that many GiB (A100 80 GB:
 #: 81920 MiB), less what the CUDA context takes (not in the figures)
@@ -376,6 +378,15 @@ class Estimate:
     published: dict[str, dict[str, Any]]
     parts: dict[int, list[Part]]
     notes: list[str]
+    #: image side in pixels the activations were traced at
+    resolution: int = 0
+    #: what :meth:`with_ranks` needs to redo the arithmetic without tracing again
+    _inputs: tuple = dataclasses.field(default=(), repr=False)
+
+    def with_ranks(self, ranks: int) -> "Estimate":
+        """The same run on ``ranks`` ranks (model states re-divided; activations per rank unchanged)."""
+        cfg, source, bb, rewards, notes = self._inputs
+        return _assemble(cfg, ranks, source, bb, rewards, notes)
 
     def per_rank(self, stage: int, where: str = "gpu") -> float:
         return sum(p.bytes for p in self.parts[stage] if p.where == where)
@@ -390,6 +401,7 @@ class Estimate:
             "backbone": self.backbone,
             "architecture": self.architecture,
             "ranks": self.ranks,
+            "resolution": self.resolution,
             "zero_stage": self.stage,
             "params": self.params,
             "published": self.published,
@@ -733,7 +745,7 @@ def _assemble(cfg: RatsConfig, ranks: int, source: str, bb: _BackboneModel, rewa
         rows.append(Part("trainable weights (fp32)", pt * 4 / div(3), 3, p_where, "the masters"))
         rows.append(Part("gradients (fp32)", pt * 4 / div(2), 2, o_where if s >= 2 else "gpu"))
         rows.append(Part("Adam m, v (fp32)", pt * 8 / div(1), 1, o_where))
-        if s >= 1:
+        if s in (1, 2):  # measured on CPU ranks (benchmarks/README.md, "Memory"); ZeRO-3 steps in place
             rows.append(Part("ZeRO fp32 partition copy", pt * 4 / ranks, 1, o_where,
                              "DeepSpeed's flat fp32 copy of the optimizer's partition"))
         if bf16:
@@ -777,7 +789,8 @@ def _assemble(cfg: RatsConfig, ranks: int, source: str, bb: _BackboneModel, rewa
         if k in params:
             published[k] = {**v, "ratio": round(params[k] / v["params"], 4)}
     notes = [*notes]
-    return Estimate(source, cfg.backbone.name, bb.arch_name, ranks, stage, params, published, parts, notes)
+    return Estimate(source, cfg.backbone.name, bb.arch_name, ranks, stage, params, published, parts, notes,
+                    resolution=bb.resolution, _inputs=(cfg, source, bb, rewards, notes))
 
 
 # ----------------------------------------------------------------------------- output
@@ -820,6 +833,22 @@ def format_table(est: Estimate) -> str:
     return "\n".join(lines)
 
 
+def markdown(est: Estimate, ranks: tuple[int, ...] = (1, 2, 8)) -> str:
+    """The "will it fit" table of docs/backbones.md: GiB per GPU for each ZeRO stage and rank count, with
+    the smallest of the 24/40/80 GB cards it fits (— for none)."""
+    stages = sorted(est.parts)
+    lines = ["| GPUs | " + " | ".join(f"ZeRO-{s}" + (" (config)" if s == est.stage else "") for s in stages) + " |",
+             "|---" * (len(stages) + 1) + "|"]
+    for n in ranks:
+        e = est.with_ranks(n)
+        cells = []
+        for s in stages:
+            fits = [gb for gb in CARDS_GB if e.fits(s)[f"{gb}GB"]]
+            cells.append(f"{e.per_rank(s) / GiB:.1f} GiB → {fits[0]} GB" if fits else f"{e.per_rank(s) / GiB:.1f} GiB → —")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def one_line(est: Estimate) -> str:
     """What ``rats validate`` prints for a GPU config."""
     total = est.per_rank(est.stage)
@@ -845,6 +874,7 @@ def gpu_config(cfg: RatsConfig) -> bool:
 @arg("overrides", nargs="*", help="key.sub=value overrides (values parsed as YAML)")
 @arg("--ranks", type=int, default=1, help="number of data-parallel ranks (GPUs) the run will use")
 @arg("--json", action="store_true", help="print JSON for machines")
+@arg("--markdown", action="store_true", help="print the will-it-fit table (1, 2, 8 GPUs) as docs/backbones.md has it")
 def cmd_estimate(args) -> int:
     from .config import load_config
 
@@ -852,6 +882,8 @@ def cmd_estimate(args) -> int:
     est = estimate(cfg, ranks=args.ranks, source=args.config)
     if args.json:
         print(json.dumps(est.to_dict(), indent=2))
+    elif args.markdown:
+        print(markdown(est))
     else:
         print(format_table(est))
     return 0

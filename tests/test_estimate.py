@@ -193,8 +193,8 @@ def test_rats_estimate_json_and_errors(tiny_sd15, capsys):
 def test_validate_adds_the_estimate_line_for_gpu_configs_only(tiny_sd15, capsys):
     cfg = str(REPO / "benchmarks/configs/tiny_sd15.yaml")
     assert main(["validate", cfg, f"backbone.path={tiny_sd15}", "train.device=cuda"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[-1].startswith("estimate: ~") and "per GPU at ZeRO-0" in lines[-1]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("estimate: ~")]
+    assert len(lines) == 1 and "per GPU at ZeRO-0" in lines[0]
     assert main(["validate", cfg, f"backbone.path={tiny_sd15}", "train.device=cpu"]) == 0
     assert "estimate:" not in capsys.readouterr().out
 
@@ -207,3 +207,23 @@ def test_sdxl_estimate_offline_has_every_stage_and_the_published_unet(capsys):
     assert set(out["stages"]) == {"0", "1", "2", "3"} and out["zero_stage"] == 2
     assert abs(out["published"]["denoiser"]["ratio"] - 1) < 0.01
     assert all(out["stages"][s]["per_rank_gib"] > 5 for s in out["stages"])
+
+
+def test_markdown_table_divides_model_states_over_ranks(tiny_sd15):
+    e = est.estimate(_tiny_cfg(tiny_sd15, "train.precision=fp32"), source="tiny")
+    table = est.markdown(e, ranks=(1, 4)).splitlines()
+    assert table[0].startswith("| GPUs | ZeRO-0 (config) | ZeRO-1")
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["1", "4"]
+    four = e.with_ranks(4)
+    # ZeRO-3 on 4 ranks: the trainable weights, gradients and Adam state are a quarter each
+    assert math.isclose(e.per_rank(3) - four.per_rank(3), 0.75 * e.params["trainable"] * 20, rel_tol=1e-9)
+    assert e.per_rank(0) == four.per_rank(0)
+
+
+@pytest.mark.slow
+def test_the_will_it_fit_table_in_the_docs_is_what_the_command_prints(capsys):
+    """docs/backbones.md's tables come from `rats estimate experiments/<b>.yaml --markdown` (checked for sd15)."""
+    assert main(["estimate", str(REPO / "experiments/sd15.yaml"), "--markdown"]) == 0
+    table = capsys.readouterr().out.strip()
+    docs = (REPO / "docs" / "backbones.md").read_text()
+    assert "rats estimate experiments/sd15.yaml --markdown" in docs and table in docs
