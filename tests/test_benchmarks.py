@@ -173,3 +173,17 @@ def test_compiled_teacher_trains_like_the_eager_one(tmp_path):
     compiled, _ = _train(tmp_path / "b", "train.steps=2", "teacher.compile=true")
     for k in eager:
         torch.testing.assert_close(compiled[k], eager[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_cpu_at_tiny_sizes():
+    """benchmarks/gpu_check.py unchanged, tiny models of the same classes: SD1.5 with the real reward
+    classes (HPS's open_clip, PickScore's CLIP) and FLUX with a weightless reward (~1-2 min)."""
+    for backbones, rewards in (("sd15", "hpsv2.1,pickscore"), ("flux", "toy-brightness")):
+        out = bench("gpu_check.py", "--tiny", "--device", "cpu", "--steps", "2", "--backbones", backbones,
+                    "--rewards", rewards)
+        run = out["backbones"][backbones]
+        assert "failed" not in run, run
+        assert run["steps_run"] == 2 and run["s_per_step"] > 0 and 0 < run["teacher_share"] < 1
+        assert run["estimate"]["per_rank_gib"] > 0 and run["peak_rss_gib"] > 0 and run["measured_over_estimate"] > 0
+        assert run["params"]["denoiser"] > 0
