@@ -52,7 +52,9 @@ class FrozenReward(nn.Module):
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        with torch.no_grad():
+        # Not an inference tensor even when first asked for inside torch.inference_mode (the teacher's
+        # rollout scores its images there): the student's reward, with gradient, reuses this value.
+        with torch.inference_mode(False), torch.no_grad():
             value = compute(list(prompts))
         self._cache[key] = value
         while len(self._cache) > self.cache_size:

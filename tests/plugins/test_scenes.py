@@ -169,3 +169,47 @@ def test_frechet_distance_is_zero_for_equal_gaussians_and_grows_with_the_mean_sh
     mu, cov = f.mean(0), np.cov(f, rowvar=False)
     assert abs(frechet_distance(mu, cov, mu, cov)) < 1e-6
     assert frechet_distance(mu + 1, cov, mu, cov) == pytest.approx(8.0, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- the reward's folder format
+
+
+def _tiny_clip_folder(tmp_path):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from rats_plugins.scenes.pipeline import make_tokenizer, text_config
+
+    torch.manual_seed(0)
+    tok = make_tokenizer(tmp_path)
+    tcfg = text_config(tok, 32)
+    tcfg.pop("projection_dim")
+    vcfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                image_size=32, patch_size=8)
+    CLIPModel(CLIPConfig(text_config=tcfg, vision_config=vcfg, projection_dim=16)).save_pretrained(str(tmp_path))
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(tmp_path))
+    return tmp_path
+
+
+def test_tokenizer_spells_every_word_as_one_token(tmp_path):
+    from rats_plugins.scenes.pipeline import WORDS, make_tokenizer
+
+    tok = make_tokenizer(tmp_path)
+    for w in WORDS:
+        assert len(tok(w).input_ids) == 3, w  # <start> word <end>
+    ids = tok("a red circle left of a blue square").input_ids
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id == max(tok.get_vocab().values())
+
+
+def test_stock_pickscore_loads_the_scenes_clip_folder_and_keeps_its_gradient_after_inference_mode(tmp_path):
+    """The teacher scores its images under torch.inference_mode, then the student's reward needs a
+    gradient with the same prompts: the cached text features must not be inference tensors."""
+    from rats_plugins.rewards.pickscore import pickscore
+
+    reward = pickscore(str(_tiny_clip_folder(tmp_path)))
+    prompts = ["two red circles", "a blue square left of a yellow triangle"]
+    with torch.inference_mode():
+        teacher = reward(torch.rand(2, 3, 32, 32), prompts)
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    student = reward(x, prompts)
+    student.sum().backward()
+    assert teacher.shape == student.shape == (2,) and x.grad.abs().sum() > 0

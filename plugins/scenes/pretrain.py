@@ -1,0 +1,152 @@
+"""Pretrain the scenes world on CPU: the judge, the VAE, the base text-to-image pipeline and the reward CLIP.
+
+    OMP_NUM_THREADS=1 python -m rats_plugins.scenes.pretrain [--what all|judge|vae|diffusion|clip|eval]
+                                                             [--out DIR] [--minutes-unet M]
+
+Writes into ``--out`` (default: the shipped ``plugins/scenes/weights/``)::
+
+    pipeline/   a diffusers StableDiffusionPipeline folder (unet, vae, text_encoder, tokenizer,
+                scheduler, model_index.json), loaded by the ``sd15`` backbone through backbone.path
+    clip/       a transformers CLIPModel + tokenizer + preprocessor_config.json, loaded by the
+                ``pickscore`` reward through rewards.N.path
+    judge/      the attribute judge (metrics only; never used in training)
+    pretrain_report.json   what was trained, how long, and the pipeline's held-out judge numbers
+
+Data: the generator (VAE, UNet, text encoder) trains on renders of the *train* prompts, data seed
+stream 1; the reward CLIP on renders of the train prompts from another seed stream (2) with its own
+initialisation; the judge on random scenes with near misses (seed stream 3), including the held-out
+combinations' attributes in random scenes (it is an evaluator, not a generator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import rats_core  # noqa: F401  (installs the CPU-torchvision guard before diffusers is imported)
+
+from . import world
+from .judge import JudgeNet, grade, load_judge, save_judge, summarise
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+STREAM = {"generator": 1, "clip": 2, "judge": 3, "eval": 4}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cosine_lr(opt, base: float, step: int, total: int, warmup: int = 100) -> None:
+    lr = base * min(1.0, step / warmup) * (0.5 * (1 + math.cos(math.pi * min(1.0, step / total))) * 0.95 + 0.05)
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+# ----------------------------------------------------------------------------- judge
+
+
+def logits_classes() -> int:
+    return world.MAX_COUNT + 1
+
+
+def judge_batch(rng: np.random.Generator, n: int):
+    ex = [world.judge_example(rng) for _ in range(n)]
+    x = torch.from_numpy(np.stack([e.image for e in ex]))
+    c = torch.from_numpy(np.stack([e.counts for e in ex]))
+    p = torch.from_numpy(np.stack([e.centres for e in ex]))
+    return x, c, p
+
+
+def train_judge(out: Path, seed: int, steps: int, batch: int = 64) -> dict:
+    torch.manual_seed(seed * 100 + STREAM["judge"])
+    rng = np.random.default_rng([seed, STREAM["judge"]])
+    model = JudgeNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    # most (colour, shape) cells are empty: weight the non-empty counts up, so "nothing anywhere"
+    # is not a cheap optimum; the centres matter only where there are objects
+    weights = torch.tensor([1.0] + [4.0] * (logits_classes() - 1))
+    xv, cv, _ = judge_batch(np.random.default_rng([seed, STREAM["judge"], 1]), 256)
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        cosine_lr(opt, 1e-3, step, steps)
+        x, c, p = judge_batch(rng, batch)
+        logits, centres = model(x)
+        mask = (c > 0).float()[..., None]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), c.reshape(-1), weight=weights) \
+            + 2 * ((centres - p).abs() * mask).sum() / mask.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps:
+            with torch.no_grad():
+                model.eval()
+                exact = float((model(xv)[0].argmax(-1) == cv).flatten(1).all(1).float().mean())
+                model.train()
+            log(f"judge step {step}/{steps} loss {loss.item():.4f} exact tables {exact:.3f} ({time.time() - t0:.0f}s)")
+    model.eval()
+    # held-out check: real renders of the held-out prompts, and fresh near-miss scenes
+    prompts = world.split_prompts("heldout") * 2
+    real = torch.from_numpy(world.render_batch(prompts, seed * 100 + STREAM["eval"]))
+    acc_real = summarise(grade(model, real, prompts))
+    x, c, _ = judge_batch(np.random.default_rng([seed, STREAM["eval"]]), 1000)
+    with torch.no_grad():
+        table = model(x)[0].argmax(-1)
+    exact = float((table == c).flatten(1).all(1).float().mean())
+    info = {"seconds": round(time.time() - t0, 1), "steps": steps, "batch": batch,
+            "heldout_real_renders": acc_real, "random_scenes_with_near_misses_exact_table": exact}
+    save_judge(model, out / "judge", {"trained": info})
+    log(f"judge: {info}")
+    return info
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--what", default="all", choices=["all", "judge", "vae", "diffusion", "clip", "eval"])
+    ap.add_argument("--out", default=str(WEIGHTS_DIR))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--judge-steps", type=int, default=1500)
+    ap.add_argument("--vae-steps", type=int, default=400)
+    ap.add_argument("--clip-steps", type=int, default=1500)
+    ap.add_argument("--minutes-unet", type=float, default=30.0)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "pretrain_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report["threads"] = torch.get_num_threads()
+    stages = ["judge", "vae", "diffusion", "clip", "eval"] if args.what == "all" else [args.what]
+    for stage in stages:
+        if stage == "judge":
+            report["judge"] = train_judge(out, args.seed, args.judge_steps)
+        elif stage == "vae":
+            from .pipeline import train_vae
+            report["vae"] = train_vae(out, args.seed, args.vae_steps)
+        elif stage == "diffusion":
+            from .pipeline import train_diffusion
+            report["diffusion"] = train_diffusion(out, args.seed, args.minutes_unet)
+        elif stage == "clip":
+            from .pipeline import train_clip
+            report["clip"] = train_clip(out, args.seed, args.clip_steps)
+        elif stage == "eval":
+            from .pipeline import evaluate_pipeline
+            report["eval"] = evaluate_pipeline(out, args.seed)
+        # merge with what other stages (possibly running side by side) wrote meanwhile
+        latest = json.loads(report_path.read_text()) if report_path.exists() else {}
+        latest.update({k: v for k, v in report.items() if k == stage or k == "threads"})
+        report_path.write_text(json.dumps(latest, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
