@@ -227,3 +227,11 @@ def test_the_will_it_fit_table_in_the_docs_is_what_the_command_prints(capsys):
     table = capsys.readouterr().out.strip()
     docs = (REPO / "docs" / "backbones.md").read_text()
     assert "rats estimate experiments/sd15.yaml --markdown" in docs and table in docs
+
+
+def test_student_calls_with_a_graph_follow_grad_steps_and_horizons():
+    cfg = lambda *o: load_config(REPO / "experiments/sd15.yaml", list(o))  # noqa: E731
+    assert est._student_grad_evals(cfg()) == 4  # horizons "all": every one of K = 4 steps is matched
+    assert est._student_grad_evals(cfg("loss.alpha=0")) == 1  # reward only: the last K_grad step
+    assert est._student_grad_evals(cfg("loss.alpha=0", "student.grad_steps=3")) == 3
+    assert est._student_grad_evals(cfg("student.horizon_gradients=false")) == 1
