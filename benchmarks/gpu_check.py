@@ -205,6 +205,10 @@ def run_one(name: str, args: argparse.Namespace, overrides: list[str]) -> dict:
         prepared = json.loads(proc.stdout.strip().splitlines()[-1])
         folder, reward_over = prepared["folder"], prepared["overrides"]
         sized = []
+        if args.tiny and "hpsv2" in args.rewards:  # the tiny open_clip architecture, in this process too
+            import tiny_rewards
+
+            tiny_rewards.register_tiny_open_clip(tmp / "rewards" / "hps" / "open_clip_configs")
         if args.tiny:
             sized = ["backbone.resolution=16", "teacher.steps=6", "train.batch_size=2",
                      "train.gradient_accumulation=1", "backbone.dtype=fp32", "backbone.denoiser_dtype=fp32",

@@ -651,8 +651,16 @@ def _reward_model(cfg: RatsConfig, i: int, bb: _BackboneModel, notes: list[str])
     b = cfg.train.batch_size
     dtype = _dtype(r.options.get("dtype"), torch.float32)
     arch_name = REWARD_ARCHS.get(r.name)
+    arch = load_arch(arch_name) if arch_name is not None else None
+    path = r.options.get("path")
+    local = cfg.resolve_path(path) if isinstance(path, str) else None
+    if arch_name == "hps" and r.options.get("architecture", "ViT-H-14") != "ViT-H-14":
+        arch_name = None  # another open_clip model: built for real below
+    elif arch_name == "pickscore" and local is not None and (local / "config.json").is_file():
+        own = json.loads((local / "config.json").read_text())  # that model's own architecture
+        arch["parts"]["model"]["config"] = own
+        arch["image_size"] = (own.get("vision_config") or {}).get("image_size", arch["image_size"])
     if arch_name is not None:
-        arch = load_arch(arch_name)
         mods = {role: build_part(spec, dtype=dtype) for role, spec in arch["parts"].items()}
         params = sum(count_params(m) for m in mods.values())
         side = int(arch.get("image_size", 224))

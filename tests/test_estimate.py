@@ -235,3 +235,16 @@ def test_student_calls_with_a_graph_follow_grad_steps_and_horizons():
     assert est._student_grad_evals(cfg("loss.alpha=0")) == 1  # reward only: the last K_grad step
     assert est._student_grad_evals(cfg("loss.alpha=0", "student.grad_steps=3")) == 3
     assert est._student_grad_evals(cfg("student.horizon_gradients=false")) == 1
+
+
+def test_rewards_are_counted_from_a_local_model_folder_when_given(tiny_sd15, tmp_path):
+    import tiny_rewards
+    from transformers import CLIPModel
+
+    model_dir, proc = tiny_rewards.build_pickscore(tmp_path)
+    cfg = _tiny_cfg(tiny_sd15, f"rewards=[{{name: pickscore, path: {model_dir}, processor: {proc}}}]")
+    e = est.estimate(cfg, source="tiny")
+    assert e.params["reward pickscore"] == sum(p.numel() for p in CLIPModel.from_pretrained(model_dir).parameters())
+    # without a folder: the shipped CLIP ViT-H/14
+    full = est.estimate(_tiny_cfg(tiny_sd15, "rewards=[{name: pickscore}]"), source="tiny")
+    assert full.params["reward pickscore"] == 986_109_441
