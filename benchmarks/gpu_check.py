@@ -59,6 +59,12 @@ def _random_part(spec: dict, device: str, dtype):
 
 def write_pipeline(name: str, folder: Path, device: str, dtype) -> Path:
     """A diffusers pipeline folder of the shipped architecture ``name`` with random weights."""
+    build_pipeline(name, device, dtype).save_pretrained(folder)
+    return folder
+
+
+def build_pipeline(name: str, device: str, dtype):
+    """The diffusers pipeline of the shipped architecture ``name`` (random weights; ``meta``: none)."""
     import tiny_pipelines as tiny
     from diffusers import (DPMSolverMultistepScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
                            FluxPipeline, PixArtAlphaPipeline, PNDMScheduler, StableDiffusionPipeline,
@@ -95,8 +101,7 @@ def write_pipeline(name: str, folder: Path, device: str, dtype) -> Path:
             transformer=build["denoiser"])
     else:
         raise SystemExit(f"unknown backbone {name}")
-    pipe.save_pretrained(folder)
-    return folder
+    return pipe
 
 
 def write_rewards(folder: Path, names: list[str], tiny_models: bool, device: str) -> list[str]:

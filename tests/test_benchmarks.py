@@ -187,3 +187,17 @@ def test_gpu_check_runs_on_cpu_at_tiny_sizes():
         assert run["steps_run"] == 2 and run["s_per_step"] > 0 and 0 < run["teacher_share"] < 1
         assert run["estimate"]["per_rank_gib"] > 0 and run["peak_rss_gib"] > 0 and run["measured_over_estimate"] > 0
         assert run["params"]["denoiser"] > 0
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl", "pixart", "flux"])
+def test_gpu_check_assembles_each_full_size_pipeline(name):
+    """What gpu_check.py writes on a GPU machine, assembled on the meta device (no memory, no weights)."""
+    sys.path.insert(0, str(BENCH))
+    import gpu_check
+
+    from rats_core.estimate import build_part, count_params, load_arch
+
+    pipe = gpu_check.build_pipeline(name, "meta", None)
+    denoiser = pipe.unet if name in ("sd15", "sdxl") else pipe.transformer
+    assert count_params(denoiser) == count_params(build_part(load_arch(name)["parts"]["denoiser"])) > 5e8
+    assert pipe.tokenizer is not None and pipe.vae.config.latent_channels in (4, 16)
