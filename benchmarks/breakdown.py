@@ -123,6 +123,7 @@ def make_trainer(config: Path, overrides: list[str], tmp: str, name: str) -> Tra
     cfg = load_config(config, bench_overrides(f"{tmp}/{name}") + ["train.profile=true"] + overrides)
     trainer = Trainer(cfg)
     trainer.setup()
+    trainer.callbacks.fire("fit_start", trainer.state)  # open the loggers, as train() does
     return trainer
 
 
@@ -131,8 +132,7 @@ def run_steps(trainer: Trainer, n: int) -> list[dict[str, float]]:
     for _ in range(n):
         values = trainer.train_step()
         trainer.step += 1
-        if trainer.metrics is not None:
-            trainer.metrics.write(trainer.step, values)
+        trainer.after_step(values)  # logging callbacks, as in the training loop
         out.append(values)
     return out
 

@@ -144,6 +144,7 @@ def main(argv=None) -> int:
         cfg = load_config(config, bench_overrides(f"{tmp}/run") + args.overrides)
         trainer = Trainer(cfg)
         trainer.setup()
+        trainer.callbacks.fire("fit_start", trainer.state)  # open the loggers, as train() does
         bare = bare_setup(trainer)
         bs = cfg.train.batch_size
 
@@ -157,8 +158,7 @@ def main(argv=None) -> int:
                 prof.enable()
             values = trainer.train_step()
             trainer.step += 1
-            if trainer.metrics is not None:  # what the training loop does with them (log_every=1)
-                trainer.metrics.write(trainer.step, values)
+            trainer.after_step(values)  # what the training loop does with them: the step_end callbacks
             if prof:
                 prof.disable()
 

@@ -173,6 +173,10 @@ class MetricConfig(_Component):
     pass
 
 
+class CallbackConfig(_Component):
+    pass
+
+
 class EvalConfig(_Strict):
     #: prompts to evaluate on (same forms as data.prompts); default: data.eval_prompts
     prompts: list[str] | str | None = None
@@ -204,6 +208,9 @@ class RatsConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    #: training callbacks on top of the built-ins (loggers, trackers such as wandb/mlflow, your own):
+    #: a list of ``{name: ..., <options>}``; `rats plugins` lists them
+    callbacks: list[CallbackConfig] = Field(default_factory=list)
     #: a DeepSpeed JSON config passed through; batch sizes, precision, optimizer and clipping are
     #: filled in from ``train`` where not given. Default: ZeRO stage 0.
     deepspeed: dict[str, Any] = Field(default_factory=lambda: {"zero_optimization": {"stage": 0}})
@@ -435,6 +442,8 @@ def check_components(cfg: RatsConfig, source: str = "config") -> None:
         check("horizons", cfg.horizons, "horizons")
         for i, m in enumerate(cfg.eval.metrics):
             check("metrics", m, f"eval.metrics.{i}")
+        for i, c in enumerate(cfg.callbacks):
+            check("callbacks", c, f"callbacks.{i}")
         from .prompts import load_prompts
 
         load_prompts(cfg.data.prompts, cfg.base_dir, "data.prompts")

@@ -104,3 +104,24 @@ def register_metrics(register):
         def register_metrics(register):
             register("mean-brightness", lambda: (lambda images, prompts: {"brightness": images.mean().item()}))
     """
+
+
+@hookspec
+def register_callbacks(register):
+    """Register training callbacks: loggers, trackers, extra evaluations — anything that reacts to the
+    training events ``fit_start``, ``step_end``, ``eval_end``, ``checkpoint_saved``, ``fit_end`` and
+    ``exception`` (see :mod:`rats_core.callbacks`). A config turns them on with a ``callbacks:`` list of
+    ``{name: ..., <options>}``.
+
+    ``factory(**options)`` returns an object with any subset of those methods, each called as
+    ``method(state, ...)``; rank 0 only unless it sets ``rank_zero_only = False``.
+
+    Example::
+
+        @hookimpl
+        def register_callbacks(register):
+            class PrintLoss:
+                def step_end(self, state, metrics):
+                    print(state.step, metrics["loss"])
+            register("print-loss", PrintLoss)
+    """

@@ -25,6 +25,8 @@ OWN_DISTRIBUTION = "rats"
 DEFAULT_PLUGINS = (
     "rats_plugins.gates",
     "rats_plugins.horizons",
+    "rats_plugins.callbacks",
+    "rats_plugins.trackers",
     "rats_plugins.toy",
     "rats_plugins.digits.plugin",
     "rats_plugins.scenes.plugin",

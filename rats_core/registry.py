@@ -11,7 +11,7 @@ import pydantic
 
 from .errors import ConfigError, DuplicateComponentError, UnknownComponentError
 
-KINDS = ("backbones", "rewards", "gates", "horizons", "metrics")
+KINDS = ("backbones", "rewards", "gates", "horizons", "metrics", "callbacks")
 #: singular form used in messages and config sections
 SINGULAR = {
     "backbones": "backbone",
@@ -19,6 +19,7 @@ SINGULAR = {
     "gates": "gate",
     "horizons": "horizon schedule",
     "metrics": "metric",
+    "callbacks": "callback",
 }
 
 

@@ -28,9 +28,10 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import precision, zero
+from .callbacks import CallbackList, RunState, build_callbacks
 from .config import RatsConfig
 from .distributed import DistInfo, all_reduce_mean, any_rank, barrier, setup
-from .errors import CheckpointError, ConfigError, RatsError, TrainingError
+from .errors import CheckpointError, ConfigError, PluginError, RatsError, TrainingError
 from .objective import ObjectiveSettings, RatsObjective
 from .plugins import get_registry
 from .prompts import PromptSampler, load_prompts
@@ -222,49 +223,6 @@ def _check_writable(folder: Path) -> None:
         raise ConfigError(f"output_dir {folder}: not writable ({exc.strerror or exc})") from None
 
 
-class MetricsWriter:
-    """metrics.jsonl plus TensorBoard event files in the run folder (rank 0 only)."""
-
-    def __init__(self, folder: Path, enabled: bool):
-        self.enabled = enabled
-        self.tb = None
-        self.fh = None
-        if enabled:
-            self.fh = open(folder / "metrics.jsonl", "a", encoding="utf-8")
-            try:
-                from tensorboard.compat.proto.summary_pb2 import Summary
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._summary = Summary
-                self.tb = SummaryWriter(log_dir=str(folder / "tensorboard"))
-            except Exception as exc:  # tensorboard missing or broken: JSON lines still work
-                log.warning("TensorBoard logging disabled: %s", exc)
-
-    def write(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        self.fh.write(json.dumps({"step": step, **values}) + "\n")
-        self.fh.flush()
-        if self.tb is not None:
-            Summary = self._summary
-            scalars = [Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()
-                       if isinstance(v, (int, float)) and math.isfinite(v)]
-            if scalars:
-                # One event holding all of the step's scalars (what add_scalar writes, one value each):
-                # add_scalar per metric cost ~0.5 ms a step, building and queueing an event per value.
-                self.tb._get_file_writer().add_summary(Summary(value=scalars), step)
-
-    def close(self) -> None:
-        if self.fh:
-            try:
-                self.fh.close()
-            except OSError:  # the disk filled up: already reported by write(), do not mask that error
-                pass
-        if self.tb is not None:
-            self.tb.flush()
-            self.tb.close()
-
-
 # ----------------------------------------------------------------------------- trainer
 
 
@@ -289,12 +247,15 @@ class Trainer:
         self._stop_signal: int | None = None
         self._old_handlers: dict[int, Any] = {}
         self.lock: RunLock | None = None
-        self.metrics: MetricsWriter | None = None
+        self.callbacks: CallbackList | None = None
+        self.state: RunState | None = None
         self.timings: dict[str, float] = {}
         self.base_state: dict[str, torch.Tensor] | None = None
         #: the outermost folder setup() created for output_dir, removed again if setup fails
         self._created_dir: Path | None = None
         self._setup_done = False
+        #: the step of the newest checkpoint this process saved (None: none yet)
+        self._saved_step: int | None = None
 
     # -- setup
 
@@ -315,6 +276,9 @@ class Trainer:
         barrier()
 
         resume_from = self._resume_target()
+        # built first: a bad callbacks section fails before any model loads
+        self.callbacks = build_callbacks(cfg, d.rank)
+        self.state = RunState(cfg, self.output_dir, cfg.train.steps, d.rank, d.world_size, trainer=self)
         torch.manual_seed(cfg.seed)
         device = d.device
         self.zero_stage = int((cfg.deepspeed.get("zero_optimization") or {}).get("stage", 0))
@@ -404,15 +368,14 @@ class Trainer:
             if cfg.eval.at_end:
                 self._keep_base_weights()
         except OSError as exc:
-            raise self._write_failed("write base.safetensors", exc) from None
+            raise self.write_failed("write base.safetensors", exc) from None
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         if d.is_main:
             try:
                 self._write_run_files()
-                self.metrics = MetricsWriter(self.output_dir, enabled=True)
             except OSError as exc:
-                raise self._write_failed("write the run files (config.yaml, metrics.jsonl)", exc) from None
+                raise self.write_failed("write the run files (config.yaml)", exc) from None
         self._install_signal_handlers()
         self._setup_done = True
 
@@ -546,54 +509,56 @@ class Trainer:
     # -- training
 
     def train(self) -> TrainResult:
+        """The loop: steps until ``train.steps``, events around them (rats_core/callbacks.py), a final
+        checkpoint, then ``fit_end`` (the built-in export and report run there)."""
         cfg = self.cfg
         d = self.dist
-        assert d is not None
+        assert d is not None and self.callbacks is not None
         total = cfg.train.steps
-        progress = None
-        if d.is_main and cfg.train.progress and self.step < total:
-            from .progress import progress_bar  # tqdm on a terminal, plain periodic lines in a log
-
-            progress = progress_bar(total=total, initial=self.step, desc="rats", unit="step")
-        last_saved = self.step
-        try:
-            while self.step < total:
-                if any_rank(self._stop_signal is not None, d.device):
-                    self.save_checkpoint()
-                    raise TrainingInterrupted(
-                        f"interrupted at step {self.step}/{total}; checkpoint saved in "
-                        f"{ckpt.checkpoint_dir(self.output_dir) / ckpt.step_name(self.step)}. "
-                        "Run the same command again to resume."
-                    )
-                values = self.train_step()
-                self.thread_policy.tick()
-                self.step += 1
-                if self.step % cfg.train.log_every == 0 or self.step == total:
-                    self.history.append({"step": self.step, **values})
-                    if self.metrics is not None:
-                        try:
-                            self.metrics.write(self.step, values)
-                        except OSError as exc:
-                            raise self._write_failed("write metrics.jsonl", exc) from None
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(
-                        loss=f"{values['loss']:.4g}",
-                        R_S=f"{values['reward_student']:.4g}",
-                        R_T=f"{values['reward_teacher']:.4g}",
-                        gate=f"{values['gate_mean']:.2f}",
-                    )
-                if cfg.eval.every and self.step % cfg.eval.every == 0:
-                    self.periodic_eval()
-                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0 and self.step < total:
-                    self.save_checkpoint()
-                    last_saved = self.step
-            if last_saved != self.step or not ckpt.list_checkpoints(self.output_dir):
+        self.callbacks.fire("fit_start", self.state)
+        while self.step < total:
+            if any_rank(self._stop_signal is not None, d.device):
                 self.save_checkpoint()
-        finally:
-            if progress is not None:
-                progress.close()
-        return TrainResult(self.output_dir, self.step, self.history)
+                raise TrainingInterrupted(
+                    f"interrupted at step {self.step}/{total}; checkpoint saved in "
+                    f"{ckpt.checkpoint_dir(self.output_dir) / ckpt.step_name(self.step)}. "
+                    "Run the same command again to resume."
+                )
+            values = self.train_step()
+            self.thread_policy.tick()
+            self.step += 1
+            self.after_step(values)
+        if self._saved_step != self.step or not ckpt.list_checkpoints(self.output_dir):
+            self.save_checkpoint()
+        result = TrainResult(self.output_dir, self.step, self.history)
+        self.callbacks.fire("fit_end", self.state, result)
+        return result
+
+    def after_step(self, values: dict[str, float]) -> None:
+        """What follows an optimizer step: the history, then ``step_end`` for every callback (logging,
+        periodic evaluation, checkpoints). A plugin's callback that raises stops the run, on every rank,
+        after a checkpoint of this step (so nothing trained is lost); its error names it and its plugin."""
+        cfg = self.cfg
+        if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+            self.history.append({"step": self.step, **values})
+        error: BaseException | None = None
+        try:
+            self.callbacks.fire("step_end", self.state, values)
+        except RatsError as exc:
+            error = exc
+        if any_rank(error is not None, self.dist.device):
+            # A plugin's callback failed: keep this step's training. A failed write of the trainer's
+            # own (checkpoint, metrics on a full disk) is not retried: its message says what is kept.
+            rescue = any_rank(isinstance(error, PluginError), self.dist.device)
+            try:
+                if rescue and self._saved_step != self.step:
+                    self.save_checkpoint()
+            except RatsError:
+                pass  # the callback's error is the one to report
+            if error is None:
+                raise TrainingError(f"stopped at step {self.step}: a callback failed on another rank "
+                                    "(its message is in that rank's log); a checkpoint of this step was saved")
+            raise error
 
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
@@ -665,14 +630,6 @@ class Trainer:
         # Under ZeRO-3 each rank moves its own shard of the teacher towards its shard of the student.
         self.teacher.update(self.student)
 
-    def periodic_eval(self) -> None:
-        from .evaluate import training_eval
-
-        values = training_eval(self)
-        if values and self.metrics is not None:
-            self.metrics.write(self.step, values)
-            self.history.append({"step": self.step, **values})
-
     # -- checkpoints
 
     def student_state(self, rank0_only: bool = True) -> dict[str, torch.Tensor]:
@@ -695,9 +652,10 @@ class Trainer:
         except OSError as exc:
             partial = ckpt.checkpoint_dir(self.output_dir) / f".tmp_{ckpt.step_name(self.step)}"
             shutil.rmtree(partial, ignore_errors=True)  # give back the space the partial save took
-            raise self._write_failed(f"save checkpoint {ckpt.step_name(self.step)}", exc) from None
+            raise self.write_failed(f"save checkpoint {ckpt.step_name(self.step)}", exc) from None
 
-    def _write_failed(self, what: str, exc: OSError) -> TrainingError:
+    def write_failed(self, what: str, exc: OSError) -> TrainingError:
+        """The TrainingError for a failed write (disk full, read-only folder), naming what is kept."""
         latest = ckpt.latest_checkpoint(self.output_dir)
         kept = f"the previous checkpoint {latest} is intact" if latest else "no checkpoint had been saved yet"
         return TrainingError(
@@ -738,6 +696,9 @@ class Trainer:
         if d.is_main:
             final = ckpt.commit_save(tmp, self.output_dir, self.step, self.cfg.train.keep_checkpoints)
         barrier()
+        self._saved_step = self.step
+        if self.callbacks is not None:
+            self.callbacks.fire("checkpoint_saved", self.state, final)
         return final
 
     def load_checkpoint(self, folder: Path) -> None:
@@ -787,6 +748,7 @@ class Trainer:
         if self.scheduler is not None and opt.get("scheduler"):
             self.scheduler.load_state_dict(opt["scheduler"])
         self.step = int(state["step"])
+        self._saved_step = self.step
         if self.dist.is_main:
             print(f"resumed from {folder} (step {self.step})", file=sys.stderr)
 
@@ -810,9 +772,6 @@ class Trainer:
 
     def cleanup(self) -> None:
         self._restore_signal_handlers()
-        if self.metrics is not None:
-            self.metrics.close()
-            self.metrics = None
         # only the run that holds the lock may remove what is in the folder
         remove = not self._setup_done and self._created_dir is not None and self.lock is not None
         if remove:
@@ -863,18 +822,18 @@ def _quiet_deepspeed_logs() -> None:
 
 
 def train(cfg: RatsConfig) -> TrainResult:
-    """Train the student for ``cfg``; export it and write the report when done."""
+    """Train the student for ``cfg``; the built-in callbacks export it and write the report at the end."""
     trainer = Trainer(cfg)
     try:
         trainer.setup()
         result = trainer.train()
-        result.export_dir = trainer.export()
-        if cfg.eval.at_end:
-            from .evaluate import end_of_run_report
-
-            result.report = end_of_run_report(trainer)
         if trainer.dist.is_main:
             print(f"done: {result.steps} steps; run folder {trainer.output_dir}", file=sys.stderr)
         return result
+    except BaseException as exc:
+        if trainer.callbacks is not None and trainer.state is not None:
+            for problem in trainer.callbacks.fire_quietly("exception", trainer.state, exc):
+                log.warning("%s", problem)
+        raise
     finally:
         trainer.cleanup()

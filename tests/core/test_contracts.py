@@ -159,7 +159,26 @@ def check_backbone(backbone) -> None:
     denoiser.zero_grad(set_to_none=True)
 
 
+def check_callback(callback) -> None:
+    """An object with at least one event method, each callable, and no near-miss names (a method
+    ``step_ended`` or ``on_step_end`` would never be called: say so here rather than ignore it)."""
+    import difflib
+
+    from rats_core.callbacks import EVENTS
+
+    events = [e for e in EVENTS if callable(getattr(callback, e, None))]
+    assert events, f"a callback implements at least one of {EVENTS}"
+    for name in dir(callback):
+        if name.startswith("_") or name in EVENTS or not callable(getattr(callback, name, None)):
+            continue
+        bare = name[3:] if name.startswith("on_") else name
+        close = difflib.get_close_matches(bare, EVENTS, n=1, cutoff=0.85)
+        assert not close, f"method '{name}' looks like the event '{close[0]}' but would never be called"
+    assert getattr(callback, "rank_zero_only", True) in (True, False)
+
+
 CHECKS = {
+    "callbacks": check_callback,
     "gates": check_gate,
     "horizons": check_horizons,
     "rewards": check_reward,

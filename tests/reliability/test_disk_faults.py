@@ -100,18 +100,31 @@ def test_disk_full_before_any_checkpoint(tmp_path, monkeypatch):
 
 
 def test_disk_full_while_writing_metrics(capsys, tmp_path, monkeypatch):
-    from rats_core import trainer as trainer_mod
+    from rats_plugins.callbacks import MetricsJsonl
 
-    real = trainer_mod.MetricsWriter.write
-    calls = {"n": 0}
+    real_start = MetricsJsonl.fit_start
 
-    def write(self, step, values):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise _enospc(self.fh.name)
-        return real(self, step, values)
+    class FillsUp:  # metrics.jsonl's file handle, failing on its third line
+        def __init__(self, fh):
+            self.fh, self.name, self.lines = fh, fh.name, 0
 
-    monkeypatch.setattr(trainer_mod.MetricsWriter, "write", write)
+        def write(self, text):
+            self.lines += 1
+            if self.lines == 3:
+                raise _enospc(self.name)
+            return self.fh.write(text)
+
+        def flush(self):
+            self.fh.flush()
+
+        def close(self):
+            self.fh.close()
+
+    def fit_start(self, state):
+        real_start(self, state)
+        self.fh = FillsUp(self.fh)
+
+    monkeypatch.setattr(MetricsJsonl, "fit_start", fit_start)
     rc, _, err = cli_run(capsys, write_config(tmp_path))
     assert_clean_error(rc, err, "could not write metrics.jsonl: No space left on device",
                        "step_00000002 is intact")

@@ -148,7 +148,7 @@ def test_second_process_on_a_folder_in_use_is_refused(tmp_path, reference_run):
     first one's pid; the first finishes undisturbed with the weights of a run that was alone."""
     cfg = write_config(tmp_path)
     marks = tmp_path / "marks"
-    first = _slow(cfg, marks, step_delay=0.3)
+    first = _slow(cfg, marks, step_delay=1.0)  # a window wide enough for a second start on a loaded machine
     wait_for(lambda: (marks / "step_1").exists(), proc=first)
     second = run_proc([*script("rats-run"), str(cfg)])
     assert second.returncode == 2, second.stderr[-3000:]
