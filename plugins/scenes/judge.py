@@ -22,15 +22,21 @@ from typing import Sequence
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .world import COLOURS, JUDGE_SHAPES, MAX_COUNT, RES, SHAPES, Spec, parse
 
 N_COLOURS, N_SHAPES, N_COUNTS = len(COLOURS), len(JUDGE_SHAPES), MAX_COUNT + 1
+N_CELLS = N_COLOURS * N_SHAPES
 FEATURES = 64
+GRID = 8  # density map resolution: one cell per 4x4 pixels
 
 
 class JudgeNet(nn.Module):
+    """Fully convolutional counter: an 8x8 density map per (colour, judge shape) whose sum is the
+    number of such objects and whose centre of mass is their mean position."""
+
     def __init__(self, width: int = 24):
         super().__init__()
         w = width
@@ -40,21 +46,41 @@ class JudgeNet(nn.Module):
 
         self.body = nn.Sequential(
             block(3, w, 1), block(w, 2 * w, 2),  # 16
-            block(2 * w, 2 * w, 1), block(2 * w, 4 * w, 2),  # 8
-            block(4 * w, 4 * w, 1), block(4 * w, 4 * w, 2),  # 4
+            block(2 * w, 2 * w, 1), block(2 * w, FEATURES, 2),  # 8
+            block(FEATURES, FEATURES, 1),
         )
-        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, 256), nn.SiLU(), nn.Linear(256, FEATURES))
-        self.head = nn.Sequential(nn.SiLU(), nn.Linear(FEATURES, N_COLOURS * N_SHAPES * (N_COUNTS + 2)))
+        self.head = nn.Conv2d(FEATURES, N_CELLS, 1)
+        nn.init.constant_(self.head.bias, -6.0)  # start from "nothing anywhere": softplus(-6) * 64 ≈ 0.16
         self.width = width
 
     def features(self, x: Tensor) -> Tensor:
-        """Penultimate features ``[B, 64]`` (the Fréchet distance is computed on these)."""
-        return self.proj(self.body(x * 2 - 1))
+        """Pooled features ``[B, 64]`` (the Fréchet distance is computed on these)."""
+        return self.body(x * 2 - 1).mean(dim=(2, 3))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(count_logits [B, 6, 4, 4], centres [B, 6, 4, 2] in [0, 1])`` for images in [0, 1]."""
-        out = self.head(self.features(x)).view(-1, N_COLOURS, N_SHAPES, N_COUNTS + 2)
-        return out[..., :N_COUNTS], torch.sigmoid(out[..., N_COUNTS:])
+    def forward(self, x: Tensor) -> Tensor:
+        """Density maps ``[B, 6, 4, 8, 8]`` (non-negative) for images in [0, 1]."""
+        d = F.softplus(self.head(self.body(x * 2 - 1)))
+        return d.view(-1, N_COLOURS, N_SHAPES, GRID, GRID)
+
+
+def density_target(objects: Sequence[tuple], sigma: float = 0.7) -> Tensor:
+    """Each object a unit-mass Gaussian on the 8x8 grid at its centre."""
+    t = torch.zeros(N_COLOURS, N_SHAPES, GRID, GRID)
+    g = (torch.arange(GRID) + 0.5) * (RES / GRID)
+    for c, s, x, y in objects:
+        blob = torch.exp(-((g[None, :] - x) ** 2 + (g[:, None] - y) ** 2) / (2 * (sigma * RES / GRID) ** 2))
+        t[c, s] += blob / blob.sum()
+    return t
+
+
+def counts_and_centres(density: Tensor) -> tuple[Tensor, Tensor]:
+    """Counts ``[B, 6, 4]`` (rounded mass, clipped to MAX_COUNT) and centres ``[B, 6, 4, 2]`` in [0, 1]."""
+    mass = density.sum(dim=(-1, -2))
+    counts = mass.round().clamp(0, MAX_COUNT).long()
+    g = (torch.arange(GRID, dtype=density.dtype) + 0.5) / GRID
+    cx = (density.sum(-2) * g).sum(-1) / mass.clamp(min=1e-6)
+    cy = (density.sum(-1) * g).sum(-1) / mass.clamp(min=1e-6)
+    return counts, torch.stack([cx, cy], dim=-1)
 
 
 def save_judge(model: JudgeNet, folder: Path, extra: dict | None = None) -> None:
@@ -84,8 +110,8 @@ def read(model: JudgeNet, images: Tensor, batch_size: int = 256) -> tuple[np.nda
     x = to_judge_input(images)
     counts, centres = [], []
     for i in range(0, len(x), batch_size):
-        logits, c = model(x[i : i + batch_size])
-        counts.append(logits.argmax(-1).numpy())
+        n, c = counts_and_centres(model(x[i : i + batch_size]))
+        counts.append(n.numpy())
         centres.append(c.numpy())
     return np.concatenate(counts), np.concatenate(centres)
 

@@ -154,7 +154,7 @@ def make_unet():
         sample_size=16, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64, 128), layers_per_block=1, cross_attention_dim=64,
+        block_out_channels=(16, 32, 64), layers_per_block=1, cross_attention_dim=64,
         attention_head_dim=4, norm_num_groups=8,
     )
 
@@ -180,13 +180,13 @@ def train_diffusion(out: Path, seed: int, minutes: float, batch: int = 32) -> di
     sched = DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k != "timestep_spacing"})
     t0 = time.time()
     prompts = train_prompt_pool()
-    images, captions = render_pool(prompts, 20000, rng)
+    images, captions = render_pool(prompts, 8000, rng)
     with torch.no_grad():
         lat = torch.cat([vae.encode(images[i : i + 500] * 2 - 1).latent_dist.mean
                          for i in range(0, len(images), 500)]) * vae.config.scaling_factor
     log(f"diffusion: {len(lat)} latents in {time.time() - t0:.0f}s, std {lat.std():.3f}")
     params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=6e-4, weight_decay=1e-4)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
     ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)]
     alphas = sched.alphas_cumprod
     budget = minutes * 60
@@ -201,7 +201,7 @@ def train_diffusion(out: Path, seed: int, minutes: float, batch: int = 32) -> di
             log(f"diffusion: {per:.2f}s/step -> {total} steps in {minutes} min")
         if step > total:
             break
-        cosine_lr(opt, 6e-4, step, total, warmup=200)
+        cosine_lr(opt, 1e-3, step, total, warmup=50)
         idx = torch.from_numpy(rng.integers(0, len(lat), batch))
         x0 = lat[idx]
         caps = ["" if rng.random() < 0.1 else captions[int(i)] for i in idx]
@@ -217,7 +217,7 @@ def train_diffusion(out: Path, seed: int, minutes: float, batch: int = 32) -> di
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(0.999, (1 + step) / (10 + step))
+        decay = min(0.995, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, m in zip(ema, (unet, text)):
                 for pe, pm in zip(e.parameters(), m.parameters()):

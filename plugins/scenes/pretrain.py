@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import rats_core  # noqa: F401  (installs the CPU-torchvision guard before diffusers is imported)
 
 from . import world
-from .judge import JudgeNet, grade, load_judge, save_judge, summarise
+from .judge import JudgeNet, counts_and_centres, density_target, grade, load_judge, save_judge, summarise
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 STREAM = {"generator": 1, "clip": 2, "judge": 3, "eval": 4}
@@ -53,42 +53,34 @@ def cosine_lr(opt, base: float, step: int, total: int, warmup: int = 100) -> Non
 # ----------------------------------------------------------------------------- judge
 
 
-def logits_classes() -> int:
-    return world.MAX_COUNT + 1
-
-
 def judge_batch(rng: np.random.Generator, n: int):
     ex = [world.judge_example(rng) for _ in range(n)]
     x = torch.from_numpy(np.stack([e.image for e in ex]))
     c = torch.from_numpy(np.stack([e.counts for e in ex]))
-    p = torch.from_numpy(np.stack([e.centres for e in ex]))
-    return x, c, p
+    d = torch.stack([density_target(e.objects) for e in ex])
+    return x, c, d
 
 
 def train_judge(out: Path, seed: int, steps: int, batch: int = 64) -> dict:
     torch.manual_seed(seed * 100 + STREAM["judge"])
     rng = np.random.default_rng([seed, STREAM["judge"]])
     model = JudgeNet()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    # most (colour, shape) cells are empty: weight the non-empty counts up, so "nothing anywhere"
-    # is not a cheap optimum; the centres matter only where there are objects
-    weights = torch.tensor([1.0] + [4.0] * (logits_classes() - 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     xv, cv, _ = judge_batch(np.random.default_rng([seed, STREAM["judge"], 1]), 256)
     t0 = time.time()
     for step in range(1, steps + 1):
-        cosine_lr(opt, 1e-3, step, steps)
-        x, c, p = judge_batch(rng, batch)
-        logits, centres = model(x)
-        mask = (c > 0).float()[..., None]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), c.reshape(-1), weight=weights) \
-            + 2 * ((centres - p).abs() * mask).sum() / mask.sum().clamp(min=1)
+        cosine_lr(opt, 2e-3, step, steps, warmup=50)
+        x, c, d = judge_batch(rng, batch)
+        pred = model(x)
+        # the density map itself, and its mass per cell (the count), which must come out right
+        loss = 100 * F.mse_loss(pred, d) + F.smooth_l1_loss(pred.sum(dim=(-1, -2)), d.sum(dim=(-1, -2)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 100 == 0 or step == steps:
+        if step % 50 == 0 or step == steps:
             with torch.no_grad():
                 model.eval()
-                exact = float((model(xv)[0].argmax(-1) == cv).flatten(1).all(1).float().mean())
+                exact = float((counts_and_centres(model(xv))[0] == cv).flatten(1).all(1).float().mean())
                 model.train()
             log(f"judge step {step}/{steps} loss {loss.item():.4f} exact tables {exact:.3f} ({time.time() - t0:.0f}s)")
     model.eval()
@@ -98,7 +90,7 @@ def train_judge(out: Path, seed: int, steps: int, batch: int = 64) -> dict:
     acc_real = summarise(grade(model, real, prompts))
     x, c, _ = judge_batch(np.random.default_rng([seed, STREAM["eval"]]), 1000)
     with torch.no_grad():
-        table = model(x)[0].argmax(-1)
+        table = counts_and_centres(model(x))[0]
     exact = float((table == c).flatten(1).all(1).float().mean())
     info = {"seconds": round(time.time() - t0, 1), "steps": steps, "batch": batch,
             "heldout_real_renders": acc_real, "random_scenes_with_near_misses_exact_table": exact}

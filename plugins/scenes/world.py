@@ -336,6 +336,7 @@ class Labelled:
     image: np.ndarray  # [3, RES, RES]
     counts: np.ndarray  # [6, 4] objects per (colour, judge shape), clipped at MAX_COUNT
     centres: np.ndarray  # [6, 4, 2] mean centre (x, y) / RES of that cell's objects (0 where none)
+    objects: list = field(default_factory=list)  # (colour index, judge shape index, x, y) per object
 
 
 def labels_of(objects: Sequence[Placed]) -> tuple[np.ndarray, np.ndarray]:
@@ -377,7 +378,8 @@ def judge_example(rng: np.random.Generator, near_miss: float = 0.3) -> Labelled:
     if rng.random() < 0.15:
         img = np.clip(img + rng.normal(0, 0.03, img.shape).astype(np.float32), 0, 1)
     counts, centres = labels_of(objs)
-    return Labelled(img, counts, centres)
+    cols, shapes = list(COLOURS), list(JUDGE_SHAPES)
+    return Labelled(img, counts, centres, [(cols.index(o.colour), shapes.index(o.shape), o.x, o.y) for o in objs])
 
 
 _SPECS = all_specs()

@@ -213,3 +213,22 @@ def test_stock_pickscore_loads_the_scenes_clip_folder_and_keeps_its_gradient_aft
     student = reward(x, prompts)
     student.sum().backward()
     assert teacher.shape == student.shape == (2,) and x.grad.abs().sum() > 0
+
+
+def test_density_target_round_trips_to_the_labels():
+    from rats_plugins.scenes.judge import JudgeNet, counts_and_centres, density_target
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        ex = world.judge_example(rng)
+        counts, centres = counts_and_centres(density_target(ex.objects)[None])
+        np.testing.assert_array_equal(counts[0].numpy(), ex.counts)
+        cells = ex.counts > 0
+        if not cells.any():
+            continue
+        # the density's centre of mass is the objects' mean centre, up to the grid's border truncation
+        assert np.abs(centres[0].numpy()[cells] - ex.centres[cells]).max() < 0.08
+    net = JudgeNet()
+    x = torch.rand(2, 3, 32, 32)
+    assert net(x).shape == (2, 6, 4, 8, 8) and net.features(x).shape == (2, 64)
+    assert counts_and_centres(net(x))[0].sum() == 0  # an untrained judge sees nothing, not everything
