@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -520,12 +519,9 @@ class _BackboneModel:
         self.frozen: list[_Measured] = []
         self.side = 0
         self.resolution = 0
-        self.latent: tuple[int, ...] = ()
         self.eval_grad: Trace | None = None
         self.eval_nograd: Trace | None = None
-        self.eval_nograd_cfg: Trace | None = None
         self.decode: Trace | None = None
-        self.decode_fn: Callable[[int], tuple[Callable, list[Tensor]]] | None = None
         self.image_side = 0
         self.device = torch.device("meta")
 
@@ -615,7 +611,6 @@ class _BackboneModel:
         noise = torch.zeros(bb.latent_shape(b))
         cond = bb.encode_prompts(_prompts(cfg, b))
         sigma = bb.sigmas(2)[0]
-        self.latent = tuple(noise.shape)
         self.resolution = int(getattr(bb, "resolution", noise.shape[-1]))
         x = noise.clone()
         self.eval_grad = trace(lambda: bb.predict_x0(den, x, sigma, cond, guidance_scale=cfg.student.guidance_scale),
@@ -626,7 +621,6 @@ class _BackboneModel:
         self.decode = trace(lambda: bb.decode(z), frozen_mods, [], [z])
         with torch.no_grad():
             self.image_side = int(bb.decode(noise[:1]).shape[-1])
-        self._built = bb
         return self
 
 
@@ -779,7 +773,8 @@ def _assemble(cfg: RatsConfig, ranks: int, source: str, bb: _BackboneModel, rewa
             rows.append(Part(r.name, r.param_bytes, 4, "gpu"))
         if s in (1, 2):
             bucket = float(zero.get("reduce_bucket_size", 5e8))
-            rows.append(Part("ZeRO reduce bucket", min(bucket, pt) * (2 if bf16 else 4), 4, "gpu"))
+            # gradients are fp32 under the precision policy (DeepSpeed runs without a bf16 section)
+            rows.append(Part("ZeRO reduce bucket", min(bucket, pt) * 4, 4, "gpu", "reduce_bucket_size"))
         if s == 3:
             live = float(zero.get("stage3_prefetch_bucket_size", 5e7))
             rows.append(Part("ZeRO-3 gathered params", min(live, bb.denoiser_params) * 4, 4, "gpu",
