@@ -74,10 +74,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_components(cfg, source=args.config)
     print(f"{args.config}: OK (backbone {cfg.backbone.name}, K={cfg.student.steps}, N={cfg.teacher.steps}, "
           f"gate {cfg.gate.name}, horizons {cfg.horizons.name}, rewards {[r.name for r in cfg.rewards]})")
-    from .estimate import estimate, gpu_config, one_line
+    from .estimate import gpu_config, validate_line
 
     if gpu_config(cfg):  # a GPU run: say whether it fits before anyone waits for the weights
-        print(one_line(estimate(cfg, source=args.config)))
+        print(validate_line(cfg, args.config))
     return 0
 
 

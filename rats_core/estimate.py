@@ -856,6 +856,16 @@ def markdown(est: Estimate, ranks: tuple[int, ...] = (1, 2, 8)) -> str:
     return "\n".join(lines)
 
 
+def validate_line(cfg: RatsConfig, source: str) -> str:
+    """``rats validate``'s one line; never fails the validation (weights it would have to build may be
+    missing, a third-party backbone may not build off its device)."""
+    try:
+        return one_line(estimate(cfg, source=source))
+    except Exception as exc:  # noqa: BLE001 - an estimate is a hint; validation already passed
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        return f"estimate: not available for this config ({reason})"
+
+
 def one_line(est: Estimate) -> str:
     """What ``rats validate`` prints for a GPU config."""
     total = est.per_rank(est.stage)

@@ -248,3 +248,14 @@ def test_rewards_are_counted_from_a_local_model_folder_when_given(tiny_sd15, tmp
     # without a folder: the shipped CLIP ViT-H/14
     full = est.estimate(_tiny_cfg(tiny_sd15, "rewards=[{name: pickscore}]"), source="tiny")
     assert full.params["reward pickscore"] == 986_109_441
+
+
+def test_validate_line_never_fails_the_validation(tiny_sd15, monkeypatch):
+    cfg = _tiny_cfg(tiny_sd15)
+    assert est.validate_line(cfg, "x").startswith("estimate: ~")
+
+    def no_weights(*a, **k):
+        raise RuntimeError("no such weights")
+
+    monkeypatch.setattr(est, "estimate", no_weights)
+    assert est.validate_line(cfg, "x") == "estimate: not available for this config (no such weights)"
