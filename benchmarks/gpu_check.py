@@ -2,8 +2,8 @@
 
 For each backbone (SD1.5, SDXL, PixArt-α at their native resolutions; FLUX.1 when the estimate says it fits),
 a diffusers pipeline folder is written with random weights from the architecture shipped in
-``rats_plugins.archs`` (no download), plus real-size random reward towers (HPSv2.1's open_clip ViT-H-14
-and PickScore's CLIP ViT-H/14); then a handful of training steps run with the shipped experiment's
+``rats_plugins.archs`` (no download), plus real-size random reward towers (HPSv2.1's open_clip ViT-H-14,
+PickScore's CLIP ViT-H/14, ImageReward's BLIP ViT-L + BERT in the official checkpoint layout); then a handful of training steps run with the shipped experiment's
 settings (``experiments/<backbone>.yaml``) through the trainer. Reported per backbone: seconds per step
 (median after the first), peak memory (CUDA: ``max_memory_allocated``/``reserved``; CPU: peak RSS of the
 process), the teacher's share of a step (``train.profile`` phases), and `rats estimate`'s per-rank
@@ -18,8 +18,7 @@ is reported and the others still run. One JSON object on stdout.
 
 ``--tiny`` swaps the full-size architectures for the tiny pipelines and rewards of ``tests/plugins``
 (same classes, a few layers): the same code path, in seconds. Trailing ``key=value`` overrides apply to
-every backbone's config. ImageReward is left out of the reward set (its official checkpoint layout is
-not rebuilt here); the estimate is computed for the reward set that actually runs.
+every backbone's config; the estimate is computed for the reward set that actually runs.
 """
 
 from __future__ import annotations
@@ -151,6 +150,16 @@ def write_rewards(folder: Path, names: list[str], tiny_models: bool, device: str
                 ip.save_pretrained(str(proc))
             out.append(f"{{name: pickscore, path: {model_dir}, processor: {proc}, weight: 1.0, normalize: fixed, "
                        f"mean: 21.0, std: 1.0{'' if tiny_models else ', dtype: bfloat16'}}}")
+        elif name == "imagereward":
+            if tiny_models:
+                import tiny_rewards
+
+                path, tok, _ = tiny_rewards.build_imagereward(folder / "ir")
+            else:
+                path, tok = folder / "ImageReward.pt", write_bert_tokenizer(folder / "bert")
+                torch.save(official_imagereward_state(device), path)
+            out.append(f"{{name: imagereward, path: {path}, tokenizer: {tok}, weight: 1.0, normalize: fixed, "
+                       f"mean: 0.5, std: 1.0{'' if tiny_models else ', dtype: bfloat16'}}}")
         else:  # a reward without weights (toy-brightness, ...)
             out.append(f"{{name: {name}, weight: 1.0}}")
     return ["rewards=[" + ", ".join(out) + "]"]
@@ -171,6 +180,52 @@ def prepare(name: str, tmp: Path, args: argparse.Namespace) -> dict:
         folder = write_pipeline(name, tmp / "pipe", device, dtype)
     overrides = write_rewards(tmp / "rewards", args.rewards.split(","), args.tiny, device)
     return {"folder": str(folder), "overrides": overrides}
+
+
+#: transformers' BLIP names -> the official ImageReward.pt names (the inverse of the plugin's mapping)
+_IR_VISION = [
+    (r"^embeddings\.class_embedding$", "cls_token"),
+    (r"^embeddings\.position_embedding$", "pos_embed"),
+    (r"^embeddings\.patch_embedding\.", "patch_embed.proj."),
+    (r"^encoder\.layers\.(\d+)\.layer_norm([12])\.", r"blocks.\1.norm\2."),
+    (r"^encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"blocks.\1.attn.qkv."),
+    (r"^encoder\.layers\.(\d+)\.self_attn\.projection\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layers\.(\d+)\.mlp\.", r"blocks.\1.mlp."),
+    (r"^post_layernorm\.", "norm."),
+]
+
+
+def official_imagereward_state(device: str = "cpu") -> dict:
+    """A random full-size ImageReward state dict in the official checkpoint's layout (BLIP ViT-L/16,
+    BERT-base with cross-attention, the MLP head), from the architecture in ``rats_plugins.archs``."""
+    import re
+
+    from rats_core.estimate import load_arch
+
+    parts = load_arch("imagereward")["parts"]
+    state = {}
+    for role, prefix in (("vision", "blip.visual_encoder."), ("text", "blip.text_encoder."), ("mlp", "mlp.")):
+        module = _random_part(parts[role], device, None)
+        for key, value in module.state_dict().items():
+            if role == "vision":
+                for pattern, repl in _IR_VISION:
+                    key, n = re.subn(pattern, repl, key)
+                    if n:
+                        break
+            state[prefix + key] = value.cpu() if value.device.type != "meta" else value
+        del module
+    return state
+
+
+def write_bert_tokenizer(directory: Path) -> Path:
+    """A BERT WordPiece vocabulary of bert-base-uncased's size (30522; ImageReward adds [DEC] and [ENC])."""
+    import tiny_rewards
+
+    tiny_rewards.write_bert_vocab(directory)
+    tokens = (directory / "vocab.txt").read_text().split()
+    tokens += [f"[unused{i}]" for i in range(30522 - len(tokens))]
+    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    return directory
 
 
 # ----------------------------------------------------------------------------- one backbone (child process)
@@ -369,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every backbone's config")
     p.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated; default: all four")
     p.add_argument("--steps", type=int, default=4, help="training steps per backbone (the first is not timed)")
-    p.add_argument("--rewards", default="hpsv2.1,pickscore", help="reward towers to build and train with")
+    p.add_argument("--rewards", default="hpsv2.1,pickscore,imagereward",
+                   help="reward towers to build and train with (default: the shipped experiments' three)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
     p.add_argument("--tiny", action="store_true", help="tiny models of the same classes (the tests)")
     p.add_argument("--budget-s", type=float, default=450, help="skip backbones not started by this time")

@@ -178,8 +178,8 @@ def test_compiled_teacher_trains_like_the_eager_one(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_runs_on_cpu_at_tiny_sizes():
     """benchmarks/gpu_check.py unchanged, tiny models of the same classes: SD1.5 with the real reward
-    classes (HPS's open_clip, PickScore's CLIP) and FLUX with a weightless reward (~1-2 min)."""
-    for backbones, rewards in (("sd15", "hpsv2.1,pickscore"), ("flux", "toy-brightness")):
+    classes (HPS's open_clip, PickScore's CLIP, ImageReward's BLIP) and FLUX with a weightless reward (~2 min)."""
+    for backbones, rewards in (("sd15", "hpsv2.1,pickscore,imagereward"), ("flux", "toy-brightness")):
         out = bench("gpu_check.py", "--tiny", "--device", "cpu", "--steps", "2", "--backbones", backbones,
                     "--rewards", rewards)
         run = out["backbones"][backbones]
@@ -201,3 +201,17 @@ def test_gpu_check_assembles_each_full_size_pipeline(name):
     denoiser = pipe.unet if name in ("sd15", "sdxl") else pipe.transformer
     assert count_params(denoiser) == count_params(build_part(load_arch(name)["parts"]["denoiser"])) > 5e8
     assert pipe.tokenizer is not None and pipe.vae.config.latent_channels in (4, 16)
+
+
+def test_gpu_check_writes_imagereward_in_the_official_layout():
+    """The full-size random ImageReward state dict maps back onto the plugin's networks key for key (meta)."""
+    sys.path.insert(0, str(BENCH))
+    import gpu_check
+
+    from rats_core.estimate import build_part, load_arch
+    from rats_plugins.rewards.imagereward import map_official_state_dict
+
+    parts = map_official_state_dict(gpu_check.official_imagereward_state("meta"))
+    arch = load_arch("imagereward")["parts"]
+    for role in ("vision", "text", "mlp"):
+        assert set(parts[role]) == set(build_part(arch[role]).state_dict()), role
