@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import write_json_atomic
-from .cli import arg, command
+from .commands import arg, command
 from .config import apply_overrides, check_components, read_yaml, validate_config
 from .errors import ConfigError
 

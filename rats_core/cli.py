@@ -13,29 +13,9 @@ from typing import Callable, Sequence
 
 from .errors import RatsError
 
-#: subcommand name -> (help, add_arguments(parser), run(args) -> int). Later modules add to it.
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
-
-
-def command(name: str, help: str):
-    def deco(fn):
-        def add_args(p, _fn=fn):
-            for args, kwargs in getattr(_fn, "_args", []):
-                p.add_argument(*args, **kwargs)
-
-        COMMANDS[name] = (help, add_args, fn)
-        return fn
-
-    return deco
-
-
-def arg(*args, **kwargs):
-    def deco(fn):
-        fn._args = [(args, kwargs)] + list(getattr(fn, "_args", []))
-        return fn
-
-    return deco
-
+# the subcommand table and its decorators live in rats_core/commands.py (a leaf module, so that the
+# modules defining commands never import the CLI)
+from .commands import COMMANDS, arg, command, load_command_modules  # noqa: E402,F401
 
 # ----------------------------------------------------------------------------- commands
 
@@ -110,16 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_command_modules() -> None:
-    """Subcommands defined in other modules register themselves on import."""
-    import importlib
+#: subcommands that build a config's components (and so may load weights from the Hub)
+WEIGHTED_COMMANDS = ("run", "validate", "eval", "sample", "export", "ablate")
 
-    for mod in ("rats_core.evaluate", "rats_core.export", "rats_core.ablate", "rats_core.estimate"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+#: subcommands that sample on the CPU and take --threads (training reads train.threads instead)
+THREADED_COMMANDS = ("eval", "sample")
+
+
+def _with_threads(fn):
+    def run(args):
+        from .threads import apply_threads, parse_threads
+
+        apply_threads(parse_threads(args.threads))
+        return fn(args)
+
+    return run
+
+
+def _load_command_modules() -> None:
+    """Subcommands defined in other modules register themselves on import (rats_core/commands.py)."""
+    load_command_modules()
 
 
 def _version() -> str:

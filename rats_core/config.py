@@ -58,6 +58,9 @@ class RewardConfig(_Component):
     normalize: Literal["none", "fixed"] = "none"
     mean: float = 0.0
     std: float = Field(default=1.0, gt=0)
+    #: videos: an image reward scores the mean over this many evenly spaced frames (first and last
+    #: included; ``null``: every frame); rewards that declare ``scores_video`` get the whole clip
+    frames: int | None = Field(default=8, gt=0)
 
     @property
     def options(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .cli import arg, command
+from .commands import arg, command
 from .config import RatsConfig
 from .errors import ConfigError
 
@@ -434,7 +434,7 @@ def _offload(zero: dict[str, Any], key: str) -> bool:
 
 def _lora_trainable(module: nn.Module, cfg: RatsConfig, backbone: str, default: list[str] | None) -> int:
     """Adapter parameters peft would add, counted on the (meta) module it is injected into."""
-    from .trainer import apply_lora
+    from .components import apply_lora
 
     targets = default
     if targets is None and backbone in _LORA_TARGETS:
@@ -579,7 +579,7 @@ class _BackboneModel:
     def built(cls, cfg: RatsConfig) -> "_BackboneModel":
         """Backbones without an architecture file: build for real (on the CPU) and trace there."""
         from .plugins import get_registry
-        from .trainer import apply_lora
+        from .components import apply_lora
 
         self = cls()
         self.arch_name = f"{cfg.backbone.name} (built)"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .cli import arg, command
+from .commands import arg, command
 from .prompts import load_prompts
 from .rollout import rollout
 
@@ -194,7 +194,7 @@ def swapped_weights(trainer: "Trainer", state: dict[str, Tensor]) -> Iterator[No
     params = dict(trainer.student.named_parameters())
     names = [n for n in trainer.trainable_names if n in state]
     if trainer.zero_stage == 3:
-        saved = zero.gathered_state(trainer.student, names)
+        saved = zero.gathered_state(trainer.student, names, rank0_only=False)
         zero.load_partitioned(trainer.student, state, names)
         try:
             yield
@@ -507,7 +507,7 @@ def cmd_eval(args: Any) -> int:
     else:
         if args.checkpoint:
             raise UsageError("--checkpoint needs a run folder; a config evaluates the base model")
-        from .trainer import build_components
+        from .components import build_components
 
         cfg = load_config(target, args.overrides)
         check_components(cfg, source=str(target))

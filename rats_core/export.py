@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cli import arg, command
+from .commands import arg, command
 from .errors import UsageError
 
 #: written into every export folder (backbones put their own sampling settings in it; ``rats export``

@@ -94,9 +94,16 @@ def _predict(
 
 
 def _param_dtype(module: nn.Module) -> torch.dtype | None:
+    """The network's compute dtype: a 16-bit one if any of its weights is 16-bit (a LoRA on a bf16 base
+    has float32 adapters and bf16 base weights; diffusers keeps a few modules of 16-bit models in
+    float32), else the first parameter's."""
+    first = None
     for p in module.parameters():
-        return p.dtype
-    return None
+        if p.dtype in (torch.bfloat16, torch.float16):
+            return p.dtype
+        if first is None:
+            first = p.dtype
+    return first
 
 
 @torch.no_grad()

@@ -137,7 +137,7 @@ def load_run(
 
         cfg, components, student, teacher, base_state = load_run("runs/digits")
     """
-    from .trainer import apply_lora, build_components
+    from .components import apply_lora, build_components
 
     run_dir = check_run_dir(run_dir)
     cfg = load_config(run_dir / "config.yaml", list(overrides))

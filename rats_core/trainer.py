@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import inspect
 import json
 import logging
 import math
@@ -29,13 +27,13 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import precision, zero
 from .callbacks import CallbackList, RunState, build_callbacks
+from .components import Components, apply_lora, build_components  # noqa: F401  (re-exported)
 from .config import RatsConfig
 from .distributed import DistInfo, all_reduce_mean, any_rank, barrier, setup
 from .errors import CheckpointError, ConfigError, PluginError, RatsError, TrainingError
 from .objective import ObjectiveSettings, RatsObjective
 from .plugins import get_registry
 from .prompts import PromptSampler, load_prompts
-from .rewards import RewardSet, WeightedReward
 from .teacher import Teacher, TeacherCache
 from .timing import PhaseTimer
 
@@ -46,74 +44,6 @@ class TrainingInterrupted(RatsError):
     """SIGINT/SIGTERM: a checkpoint was saved and the run can be resumed."""
 
     exit_code = 130
-
-
-# ----------------------------------------------------------------------------- components
-
-
-@dataclass
-class Components:
-    backbone: Any
-    rewards: RewardSet | None
-    gate: Any
-    horizons: Any
-
-
-def build_components(cfg: RatsConfig, *, rewards: bool = True,
-                     backbone_options: dict[str, Any] | None = None) -> Components:
-    """Instantiate the backbone, rewards, gate and horizon schedule a config names.
-
-    ``rewards=False`` builds no reward model (``Components.rewards`` is None; exports need none); ``backbone_options`` are set on top
-    of the config's (the trainer loads a ZeRO-3 denoiser into host memory with ``device: cpu``)."""
-    registry = get_registry()
-    options = {**_resolve_paths(cfg, cfg.backbone.options), **(backbone_options or {})}
-    backbone = registry.build("backbones", cfg.backbone.name, options, "backbone")
-    reward_set = None if not rewards else RewardSet(
-        [
-            WeightedReward(
-                name=r.name,
-                reward=registry.build("rewards", r.name, _resolve_paths(cfg, r.options), f"rewards.{i}"),
-                weight=r.weight,
-                normalize=r.normalize,
-                mean=r.mean,
-                std=r.std,
-                plugin=registry.get("rewards", r.name).plugin,
-            )
-            for i, r in enumerate(cfg.rewards)
-        ]
-    )
-    gate = registry.build("gates", cfg.gate.name, cfg.gate.options, "gate")
-    horizons = registry.build("horizons", cfg.horizons.name, cfg.horizons.options, "horizons")
-    return Components(backbone, reward_set, gate, horizons)
-
-
-def _resolve_paths(cfg: RatsConfig, options: dict[str, Any]) -> dict[str, Any]:
-    """``path`` options that name an existing file relative to the config are resolved against it;
-    anything else (hub ids) passes through."""
-    out = dict(options)
-    p = out.get("path")
-    if isinstance(p, str) and not os.path.isabs(p) and (p.startswith(".") or os.sep in p):
-        candidate = cfg.resolve_path(p)
-        if candidate.exists() and not Path(p).exists():
-            out["path"] = str(candidate)
-    return out
-
-
-def apply_lora(denoiser: nn.Module, lora: Any, default_targets: list[str]) -> nn.Module:
-    """Inject a peft LoRA adapter and freeze everything else."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    targets = lora.target_modules or default_targets
-    if not targets:
-        raise ConfigError("student.lora: the backbone names no LoRA target modules; set student.lora.target_modules")
-    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
-    try:
-        denoiser = inject_adapter_in_model(config, denoiser)
-    except ValueError as exc:
-        raise ConfigError(f"student.lora.target_modules: {exc}") from None
-    for name, p in denoiser.named_parameters():
-        p.requires_grad_("lora_" in name)
-    return denoiser
 
 
 def deepspeed_config(cfg: RatsConfig, world_size: int) -> dict[str, Any]:

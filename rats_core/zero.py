@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-#: tensors gathered together when saving/loading; bounded so peak memory is one chunk, not the model
+#: tensors gathered together when saving; bounded so peak memory is one chunk, not the model
 CHUNK = 16
 
 
@@ -46,21 +46,26 @@ def gathered_state(module: nn.Module, names: Sequence[str], *, rank0_only: bool 
     return out
 
 
-def load_partitioned(module: nn.Module, tensors: dict[str, torch.Tensor], names: Sequence[str],
-                     *, chunk: int = CHUNK) -> None:
-    """Copy full tensors (read on every rank, or at least on rank 0) into partitioned parameters:
-    rank 0 writes each gathered chunk, which is then re-partitioned to every rank."""
-    import deepspeed
-    import torch.distributed as dist
+def load_partitioned(module: nn.Module, tensors: dict[str, torch.Tensor], names: Sequence[str]) -> None:
+    """Copy full tensors, read on every rank, into ``module``'s parameters ``names``, partitioned or not.
 
+    Each rank writes its own shard from the full tensor (no collective, nothing gathered), and the whole
+    tensor too where the parameter is currently whole on this rank (ZeRO-3's persistent small parameters
+    once they have been used, or an unpartitioned module)."""
     params = dict(module.named_parameters())
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    for part in _chunks(list(names), chunk):
-        with deepspeed.zero.GatheredParameters([params[n] for n in part], modifier_rank=0):
-            if rank == 0:
-                with torch.no_grad():
-                    for n in part:
-                        params[n].copy_(tensors[n].to(params[n].dtype))
+    rank = _rank()
+    with torch.no_grad():
+        for n in names:
+            p = params[n]
+            t = tensors[n].to(p.dtype)
+            if not is_partitioned(p):
+                p.copy_(t.to(p.device))
+                continue
+            shard = p.ds_tensor
+            flat = t.reshape(-1)[shard.numel() * rank : shard.numel() * (rank + 1)]
+            shard.data.view(-1)[: flat.numel()].copy_(flat.to(shard.device))
+            if p.data.numel() == p.ds_numel:
+                p.data.copy_(t.to(p.device).view_as(p.data))
 
 
 def full_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -68,42 +73,40 @@ def full_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {n: tuple(p.ds_shape if is_partitioned(p) else p.shape) for n, p in module.named_parameters()}
 
 
-def local_shards(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """What this rank holds of each parameter: its shard, or the whole tensor when the parameter is
-    not partitioned or is one of ZeRO-3's persistent (small, replicated) parameters."""
-    return [p.ds_tensor if is_partitioned(p) and not p.ds_persist else p for p in params]
+def _whole_now(p: torch.Tensor) -> bool:
+    """A partitioned parameter whose full tensor is present on this rank right now (ZeRO-3 keeps small
+    "persistent" parameters whole after their first use)."""
+    return p.data.numel() == p.ds_numel and p.ds_numel > 0
 
 
 def ema_targets(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Matching (teacher, student) tensors for a shard-wise EMA update on this rank.
+    """Matching (teacher, student) tensors for an EMA update on this rank.
 
-    Both networks are partitioned alike by DeepSpeed (same shapes, same ranks), so shard ``i`` of a
-    teacher parameter pairs with shard ``i`` of the student's; persistent parameters pair their full
-    tensors. Where only one side is persistent (model_persistence_threshold can split them) the
-    student's slice for this rank's teacher shard is cut from its full tensor, or the full student
-    tensor is gathered for a persistent teacher parameter."""
+    Unpartitioned: the parameters themselves. Partitioned (ZeRO-3, teacher and student partitioned
+    alike — same shapes, same ranks): this rank's shards, which are what every gather reads; and where
+    the teacher's parameter is also whole on this rank (a persistent one), its full tensor too, paired
+    with the student's full tensor (gathered if the student's is not whole), so the copy in use and the
+    shard never disagree."""
     t_out: list[torch.Tensor] = []
     s_out: list[torch.Tensor] = []
     for t, s in zip(teacher, student):
-        t_local = local_shards([t])[0]
-        s_local = local_shards([s])[0]
-        if t_local.shape == s_local.shape:
-            t_out.append(t_local)
-            s_out.append(s_local)
-        elif t_local is not t:  # teacher sharded, student whole: this rank's slice of the student
-            n = t_local.numel()
-            start = n * _rank()
-            flat = s.detach().reshape(-1)[start : start + n]
-            if flat.numel() < n:  # the last shard is padded
-                flat = torch.cat([flat, flat.new_zeros(n - flat.numel())])
-            t_out.append(t_local)
-            s_out.append(flat.view_as(t_local))
-        else:  # teacher whole (persistent), student sharded: gather the student's full tensor
-            import deepspeed
+        if not is_partitioned(t) and not is_partitioned(s):
+            t_out.append(t)
+            s_out.append(s)
+            continue
+        if not (is_partitioned(t) and is_partitioned(s)) or t.ds_tensor.numel() != s.ds_tensor.numel():
+            raise RuntimeError("teacher and student are not partitioned alike; the EMA needs both under ZeRO-3")
+        t_out.append(t.ds_tensor)
+        s_out.append(s.ds_tensor)
+        if _whole_now(t) and t.data.data_ptr() != t.ds_tensor.data_ptr():  # one rank: they are one storage
+            if _whole_now(s):
+                full = s
+            else:
+                import deepspeed
 
-            with deepspeed.zero.GatheredParameters([s], modifier_rank=None):
-                full = s.detach().clone()
+                with deepspeed.zero.GatheredParameters([s], modifier_rank=None):
+                    full = s.detach().clone()
             t_out.append(t)
             s_out.append(full)
     return t_out, s_out

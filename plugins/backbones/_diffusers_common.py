@@ -47,6 +47,7 @@ PIPELINE_BACKBONE = {
     "PixArtAlphaPipeline": "pixart",
     "PixArtSigmaPipeline": "pixart",
     "FluxPipeline": "flux",
+    "WanPipeline": "wan",
 }
 
 EXPORT_MANIFEST = "rats_export.json"
@@ -715,7 +716,12 @@ def cast_pipeline(pipe: Any, dtype: torch.dtype, owned: Sequence[nn.Module] = ()
 
     owned_ids = {id(m) for m in owned}
     for name, component in list(pipe.components.items()):
-        if not isinstance(component, nn.Module) or module_dtype(component) == dtype:
+        if not isinstance(component, nn.Module):
+            continue
+        # every floating tensor, not the first one's dtype: diffusers keeps some modules of a 16-bit
+        # model in float32 (Wan's time embedding), which a first-parameter check would take for the whole
+        floating = [t for t in [*component.parameters(), *component.buffers()] if t.is_floating_point()]
+        if all(t.dtype == dtype for t in floating):
             continue
         module = component if id(component) in owned_ids else copy.deepcopy(component)
         pipe.register_modules(**{name: module.to(dtype)})

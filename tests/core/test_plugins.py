@@ -79,7 +79,7 @@ def fake_entry_points(monkeypatch, fresh_plugins):
 
 
 class EveryHookPlugin:
-    """A plugin implementing all five hooks, as a third party would."""
+    """A plugin implementing every hook, as a third party would."""
 
     @hookimpl
     def register_backbones(self, register):
@@ -109,6 +109,14 @@ class EveryHookPlugin:
     @hookimpl
     def register_metrics(self, register):
         register("every-metric", lambda: (lambda images, prompts: {"mean": images.mean().item()}))
+
+    @hookimpl
+    def register_callbacks(self, register):
+        class StepCounter:
+            def step_end(self, state, metrics):
+                self.steps = getattr(self, "steps", 0) + 1
+
+        register("every-callback", StepCounter)
 
 
 def gate_plugin(*names):
@@ -148,7 +156,7 @@ def test_every_hook_is_called_and_listed(fresh_plugins, capsys):
     fresh_plugins.register_plugin(EveryHookPlugin(), name="every")
     reg = fresh_plugins.get_registry()
     for kind, name in [("backbones", "every-backbone"), ("rewards", "every-reward"), ("gates", "every-gate"),
-                       ("horizons", "every-horizon"), ("metrics", "every-metric")]:
+                       ("horizons", "every-horizon"), ("metrics", "every-metric"), ("callbacks", "every-callback")]:
         assert reg.get(kind, name).plugin == "every"
     entry = _by_name(_plugins_json(capsys))["every"]
     assert entry["hooks"] == sorted(f"register_{k}" for k in KINDS)
