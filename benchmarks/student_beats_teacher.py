@@ -77,6 +77,8 @@ def claim_lines(claim: dict) -> list[str]:
             fmt("FID not worse than the teacher's beyond the seed spread", real,
                 f"; spread {real['seed_spread']:.3g}" if real else ""),
             f"reward hacking flagged in {claim['reward_hacking_seeds']}/{claim['seeds']} seeds",
+            f"fair test (base clearly worse at K than at N on the judge, and on FID) in "
+            f"{claim.get('fair_test_seeds', 0)}/{claim['seeds']} seeds",
             f"claim over seeds: {'HOLDS' if claim['claim_holds'] else 'does NOT hold'}"]
 
 
@@ -87,6 +89,51 @@ def mean_sd(values: list[float]) -> dict[str, float | None]:
             "sd": round(statistics.stdev(values), 5) if len(values) > 1 else None}
 
 
+TABLE_COLUMNS = ("reward", "judge_accuracy", "judge_count", "judge_colour", "judge_shape", "judge_relation", "fid")
+
+
+def ablation_table(specs: list[str]) -> int:
+    """Markdown rows per variant: the K-step student's held-out numbers, mean ± sd over its runs, then
+    the teacher's and the base model's at K and N of the first variant as reference rows."""
+    rows, refs = [], None
+    for spec in specs:
+        name, _, dirs = spec.partition("=")
+        reports = []
+        for d in dirs.split(","):
+            path = Path(d) / "report.json"
+            if not path.is_file():
+                print(f"error: {path}: no such file", file=sys.stderr)
+                return 2
+            reports.append(json.loads(path.read_text()))
+        rows.append((name, [r["held_out"]["student"] for r in reports], reports))
+        if refs is None:
+            refs = reports
+
+    def cell(vals: list[float]) -> str:
+        m = mean_sd(vals)
+        return f"{m['mean']:.3f}" + (f" ± {m['sd']:.3f}" if m["sd"] is not None else "")
+
+    head = "| variant | seeds | " + " | ".join(TABLE_COLUMNS) + " | student reward > teacher | hacking flagged |"
+    lines = [head, "|---|---:|" + "---:|" * (len(TABLE_COLUMNS) + 2)]
+    for label, key in (("base, K steps", "base"), ("base, N steps", "base_teacher_steps")):
+        entries = [r["held_out"][key] for r in refs if key in r["held_out"]]
+        if entries:
+            lines.append(f"| {label} | {len(entries)} | " + " | ".join(cell([e[c] for e in entries]) for c in TABLE_COLUMNS)
+                         + " | | |")
+    for name, students, reports in rows:
+        teachers = [r["held_out"]["teacher"] for r in reports if "teacher" in r["held_out"]]
+        wins = sum(s["reward"] > t["reward"] for s, t in zip(students, teachers))
+        flags = sum(bool((r.get("verdict") or {}).get("reward_hacking", {}).get("flag")) for r in reports)
+        lines.append(f"| {name} (student, K) | {len(students)} | "
+                     + " | ".join(cell([s[c] for s in students]) for c in TABLE_COLUMNS)
+                     + f" | {wins}/{len(teachers)} | {flags}/{len(reports)} |")
+        if teachers:
+            lines.append(f"| {name} (its teacher, N) | {len(teachers)} | "
+                         + " | ".join(cell([t[c] for t in teachers]) for c in TABLE_COLUMNS) + " | | |")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config", nargs="?", default=None)
@@ -95,7 +142,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the runs (0: torch's choice)")
     ap.add_argument("--keep", metavar="DIR", help="output_dir to keep the runs in (default: temporary)")
     ap.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="summarise these finished runs instead of training")
+    ap.add_argument("--table", nargs="+", metavar="NAME=RUN_DIR[,RUN_DIR...]",
+                    help="print an ablation table (markdown, mean ± sd over each variant's runs) of finished runs")
     args = ap.parse_args(argv)
+    if args.table:
+        return ablation_table(args.table)
     if args.runs:
         reports = []
         for d in args.runs:

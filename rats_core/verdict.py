@@ -16,6 +16,11 @@ beyond the seed spread" is the rule.
 its judge accuracy or FID is worse than the base model's at K steps or than the teacher's: the
 reward went up, the independent measures went down.
 
+``fair_test`` checks the precondition of the whole comparison: the base model at K steps must be
+clearly worse than at N steps on the judge (the difference beyond its 95 % interval, so a judge
+that is saturated -- or at its floor -- fails it) and have a higher FID. When it fails, beating the
+teacher says nothing about few-step quality, and ``all_hold`` is false whatever the criteria say.
+
 A criterion whose metric was not measured (no judge or FID metric configured) is ``None``.
 """
 
@@ -50,8 +55,23 @@ def _criterion(name: str, student: float, other: float, better: str, ci: float |
     return out
 
 
+def fair_test(b: Mapping[str, Any] | None, bn: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Is the base model at K steps clearly worse than at N steps (judge beyond its interval, and FID)?"""
+    if not b or not bn or JUDGE_KEY not in b or JUDGE_KEY not in bn:
+        return None
+    n_k, n_n = int(b.get("n") or 0), int(bn.get("n") or 0)
+    gap = bn[JUDGE_KEY] - b[JUDGE_KEY]
+    ci = math.hypot(_binomial_ci(b[JUDGE_KEY], n_k), _binomial_ci(bn[JUDGE_KEY], n_n)) if n_k and n_n else 0.0
+    out: dict[str, Any] = {"judge_base_k": b[JUDGE_KEY], "judge_base_n": bn[JUDGE_KEY], "judge_gap": gap,
+                           "judge_gap_ci95": ci, "judge_clearly_worse_at_k": bool(gap > ci)}
+    if FID_KEY in b and FID_KEY in bn:
+        out.update({"fid_base_k": b[FID_KEY], "fid_base_n": bn[FID_KEY], "fid_worse_at_k": bool(b[FID_KEY] > bn[FID_KEY])})
+    out["holds"] = bool(out["judge_clearly_worse_at_k"] and out.get("fid_worse_at_k", True))
+    return out
+
+
 def verdict(results: Mapping[str, Mapping[str, Any]], student: str = "student", teacher: str = "teacher",
-            base: str = "base") -> dict[str, Any]:
+            base: str = "base", base_n: str = "base_teacher_steps") -> dict[str, Any]:
     """Per-criterion verdict from the report's ``held_out`` entries (``{label: {reward, reward_ci95,
     judge_accuracy, fid, n, ...}}``); empty when the student or the teacher was not evaluated."""
     s, t, b = results.get(student), results.get(teacher), results.get(base)
@@ -69,8 +89,10 @@ def verdict(results: Mapping[str, Mapping[str, Any]], student: str = "student", 
     out["realism"] = _criterion("realism", s[FID_KEY], t[FID_KEY], "lower", None) \
         if FID_KEY in s and FID_KEY in t else None
     out["reward_hacking"] = hacking(s, t, b)
+    out["fair_test"] = fair_test(b, results.get(base_n))
     measured = [c for c in (out["reward"], out["judge"], out["realism"]) if c is not None]
-    out["all_hold"] = bool(measured) and all(c["holds"] for c in measured) and len(measured) == 3
+    out["all_hold"] = bool(measured) and all(c["holds"] for c in measured) and len(measured) == 3 \
+        and bool(out["fair_test"] and out["fair_test"]["holds"])
     out["summary"] = summary_line(out)
     return out
 
@@ -101,6 +123,10 @@ def summary_line(v: Mapping[str, Any]) -> str:
              word(v.get("realism"), "FID not above the teacher's")]
     hack = v.get("reward_hacking") or {}
     parts.append("REWARD HACKING: " + "; ".join(hack["worse"]) if hack.get("flag") else "no reward hacking flagged")
+    fair = v.get("fair_test")
+    if fair is not None and not fair["holds"]:
+        parts.insert(0, f"FAIR TEST FAILS (base judge accuracy {fair['judge_base_k']:.3f} at K vs "
+                        f"{fair['judge_base_n']:.3f} at N: not clearly worse at K), so the criteria below do not test the claim")
     return "; ".join(parts)
 
 
@@ -119,6 +145,13 @@ def markdown(v: Mapping[str, Any]) -> str:
         ci = f"±{c['ci95']:.3g} ({c['clear']})" if "ci95" in c else "none in one run: compare seeds"
         rows.append(f"| {title} | {'yes' if c['holds'] else '**no**'} | {c['student']:.4g} | {c['teacher']:.4g} "
                     f"| {c['difference']:+.3g} | {ci} |")
+    fair = v.get("fair_test")
+    if fair is not None:
+        rows += ["", (f"Fair test (base model clearly worse at K than at N): {'yes' if fair['holds'] else '**no**'} — "
+                      f"judge accuracy {fair['judge_base_k']:.3f} at K vs {fair['judge_base_n']:.3f} at N "
+                      f"(gap {fair['judge_gap']:+.3f}, 95% interval ±{fair['judge_gap_ci95']:.3f})"
+                      + (f", FID {fair['fid_base_k']:.3g} vs {fair['fid_base_n']:.3g}" if "fid_base_k" in fair else "")
+                      + ("." if fair["holds"] else ". Without it the verdict does not test the claim."))]
     hack = v.get("reward_hacking") or {}
     rows += ["", ("**Reward hacking flagged**: the reward rose above the base model's at K steps while "
                   + "; ".join(hack["worse"]) + ".") if hack.get("flag") else
@@ -158,8 +191,11 @@ def across_seeds(runs: Sequence[Mapping[str, Mapping[str, Any]]], student: str =
                           "holds": st.fmean(sf) - st.fmean(tf) <= spread}
     else:
         out["realism"] = None
-    flags = [verdict(r, student, teacher, base).get("reward_hacking", {}).get("flag", False) for r in runs]
-    out["reward_hacking_seeds"] = sum(bool(f) for f in flags)
+    verdicts = [verdict(r, student, teacher, base) for r in runs]
+    out["reward_hacking_seeds"] = sum(bool(v.get("reward_hacking", {}).get("flag", False)) for v in verdicts)
+    fair = [v.get("fair_test") for v in verdicts]
+    out["fair_test_seeds"] = sum(bool(f and f["holds"]) for f in fair)
+    out["fair_test"] = fair[0] if fair else None
     crit = [out["reward"], out["judge"], out["realism"]]
-    out["claim_holds"] = all(c is not None and c["holds"] for c in crit)
+    out["claim_holds"] = all(c is not None and c["holds"] for c in crit) and out["fair_test_seeds"] == len(runs)
     return out

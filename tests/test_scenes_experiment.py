@@ -20,8 +20,10 @@ def _entry(reward, judge, fid, n=200, ci=0.01):
 
 
 def test_verdict_all_three_criteria_hold():
-    v = verdict({"base": _entry(1.0, 0.3, 80), "teacher": _entry(2.0, 0.6, 40), "student": _entry(2.5, 0.65, 38)})
+    v = verdict({"base": _entry(1.0, 0.3, 80), "base_teacher_steps": _entry(1.5, 0.6, 45),
+                 "teacher": _entry(2.0, 0.6, 40), "student": _entry(2.5, 0.65, 38)})
     assert v["reward"]["holds"] and v["judge"]["holds"] and v["realism"]["holds"] and v["all_hold"]
+    assert v["fair_test"]["holds"]
     assert v["reward"]["clear"] == "better"  # 0.5 apart with ±0.014
     assert v["judge"]["clear"] == "within noise"  # 5 points at n = 200 is not beyond the interval
     assert not v["reward_hacking"]["flag"]
@@ -47,7 +49,8 @@ def test_verdict_reward_equal_is_not_a_win_and_missing_metrics_are_not_measured(
 
 
 def test_across_seeds_uses_the_seed_spread_for_fid():
-    runs = [{"base": _entry(1.0, 0.3, 80), "teacher": _entry(2.0, 0.6, t), "student": _entry(2.5, 0.6, s)}
+    runs = [{"base": _entry(1.0, 0.3, 80), "base_teacher_steps": _entry(1.5, 0.6, 45),
+             "teacher": _entry(2.0, 0.6, t), "student": _entry(2.5, 0.6, s)}
             for t, s in ((40, 41), (44, 45), (36, 37))]  # FID 1 worse each seed, spread 4
     c = across_seeds(runs)
     assert c["reward"]["holds"] and c["judge"]["holds"] and c["realism"]["holds"] and c["claim_holds"]
@@ -90,3 +93,15 @@ def test_scenes_experiment_short_run_verdict_and_plain_diffusers_export(tmp_path
     image = pipe("two red circles", num_inference_steps=2, guidance_scale=3.0, height=32, width=32,
                  generator=torch.Generator().manual_seed(0), output_type="np").images[0]
     assert image.shape == (32, 32, 3) and 0 <= image.min() and image.max() <= 1
+
+
+def test_fair_test_fails_when_the_judge_cannot_tell_k_from_n():
+    at_floor = {"base": _entry(13.7, 0.0, 1.77, n=121), "base_teacher_steps": _entry(14.0, 0.008, 1.72, n=121),
+                "teacher": _entry(14.9, 0.008, 1.73, n=121), "student": _entry(15.5, 0.016, 1.70, n=121)}
+    v = verdict(at_floor)
+    assert v["reward"]["holds"] and v["judge"]["holds"] and v["realism"]["holds"]
+    assert not v["fair_test"]["holds"] and not v["all_hold"]
+    assert v["summary"].startswith("FAIR TEST FAILS") and "**no**" in markdown(v)
+    assert not across_seeds([at_floor, at_floor])["claim_holds"]
+    fair = dict(at_floor, base=_entry(13.7, 0.31, 85, n=400), base_teacher_steps=_entry(14.0, 0.75, 49, n=400))
+    assert verdict(fair)["fair_test"]["holds"]
