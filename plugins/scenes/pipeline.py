@@ -164,18 +164,29 @@ def scheduler_config() -> dict:
                 prediction_type="v_prediction", timestep_spacing="trailing", steps_offset=1)
 
 
-def train_diffusion(out: Path, seed: int, minutes: float, batch: int = 32) -> dict:
+def train_diffusion(out: Path, seed: int, minutes: float, batch: int = 32, resume: bool = False) -> dict:
+    """``resume``: continue from the UNet and text encoder already in ``out/pipeline`` (fresh data draws,
+    a short warm-up), e.g. to give the base model more training time than one session had."""
     from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed * 100 + STREAM["generator"])
-    rng = np.random.default_rng([seed, STREAM["generator"], 1])
     folder = out / "pipeline"
+    previous = json.loads((out / "pretrain_report.json").read_text()).get("diffusion", {}) \
+        if resume and (out / "pretrain_report.json").is_file() else {}
+    rounds = int(previous.get("rounds", 1)) + 1 if resume else 1
+    rng = np.random.default_rng([seed, STREAM["generator"], rounds])
     tok = make_tokenizer(folder / "tokenizer")
     cfg = text_config(tok)
     cfg.pop("projection_dim")
-    text = CLIPTextModel(CLIPTextConfig(**cfg))
-    unet = make_unet()
+    if resume:
+        from diffusers import UNet2DConditionModel
+
+        text = CLIPTextModel.from_pretrained(str(folder / "text_encoder"))
+        unet = UNet2DConditionModel.from_pretrained(str(folder / "unet"))
+    else:
+        text = CLIPTextModel(CLIPTextConfig(**cfg))
+        unet = make_unet()
     vae = AutoencoderKL.from_pretrained(str(folder / "vae")).eval().requires_grad_(False)
     sched = DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k != "timestep_spacing"})
     t0 = time.time()
@@ -229,7 +240,8 @@ def train_diffusion(out: Path, seed: int, minutes: float, batch: int = 32) -> di
     ema[1].save_pretrained(str(folder / "text_encoder"))
     EulerDiscreteScheduler(**scheduler_config()).save_pretrained(str(folder / "scheduler"))
     write_model_index(folder)
-    info = {"seconds": round(time.time() - t0, 1), "steps": step - 1, "batch": batch,
+    info = {"seconds": round(time.time() - t0, 1) + float(previous.get("seconds", 0)),
+            "steps": step - 1 + int(previous.get("steps", 0)), "rounds": rounds, "batch": batch,
             "final_loss": float(np.mean(losses[-200:])), "unet_parameters": sum(p.numel() for p in unet.parameters()),
             "text_encoder_parameters": sum(p.numel() for p in text.parameters())}
     log(f"diffusion: {info}")

@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vae-steps", type=int, default=400)
     ap.add_argument("--clip-steps", type=int, default=1000)
     ap.add_argument("--minutes-unet", type=float, default=28.0)
+    ap.add_argument("--resume", action="store_true", help="diffusion: continue from the UNet/text encoder in --out")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
             report["vae"] = train_vae(out, args.seed, args.vae_steps)
         elif stage == "diffusion":
             from .pipeline import train_diffusion
-            report["diffusion"] = train_diffusion(out, args.seed, args.minutes_unet)
+            report["diffusion"] = train_diffusion(out, args.seed, args.minutes_unet, resume=args.resume)
         elif stage == "clip":
             from .pipeline import train_clip
             report["clip"] = train_clip(out, args.seed, args.clip_steps)
