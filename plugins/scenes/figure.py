@@ -39,8 +39,9 @@ def judge_grid(rows: dict[str, torch.Tensor], prompts: list[str], grades: dict[s
             for side in ax.spines.values():
                 side.set_edgecolor("#1a9641" if ok else "#d7191c")
                 side.set_linewidth(3)
-            wrong = [k for k in ("count", "colour", "shape", "relation") if g.get(k) is False]
-            ax.set_title("right" if ok else "wrong: " + ", ".join(wrong), fontsize=7,
+            short = {"count": "count", "colour": "col", "shape": "shape", "relation": "rel"}
+            wrong = [v for k, v in short.items() if g.get(k) is False]
+            ax.set_title("right" if ok else "✗ " + " ".join(wrong), fontsize=7,
                          color="#1a9641" if ok else "#d7191c", pad=2)
             if j == 0:
                 ax.set_ylabel(label, fontsize=9)
