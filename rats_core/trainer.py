@@ -7,13 +7,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import math
 import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from . import checkpoint as ckpt
@@ -30,10 +26,12 @@ from .callbacks import CallbackList, RunState, build_callbacks
 from .components import Components, apply_lora, build_components  # noqa: F401  (re-exported)
 from .config import RatsConfig
 from .distributed import DistInfo, all_reduce_mean, any_rank, barrier, setup
+from .engine import deepspeed_config, lr_lambda, partition_teacher, quiet_deepspeed_logs, zero3_load_options
 from .errors import CheckpointError, ConfigError, PluginError, RatsError, TrainingError
 from .objective import ObjectiveSettings, RatsObjective
-from .plugins import get_registry
 from .prompts import PromptSampler, load_prompts
+from .run_folder import RunFolder, RunLock  # noqa: F401  (RunLock re-exported)
+from .signals import StopRequest
 from .teacher import Teacher, TeacherCache
 from .timing import PhaseTimer
 
@@ -46,111 +44,12 @@ class TrainingInterrupted(RatsError):
     exit_code = 130
 
 
-def deepspeed_config(cfg: RatsConfig, world_size: int) -> dict[str, Any]:
-    """The user's ``deepspeed`` section, with batch sizes, precision and clipping filled from ``train``."""
-    ds = json.loads(json.dumps(cfg.deepspeed))  # deep copy
-    t = cfg.train
-    ds.setdefault("train_micro_batch_size_per_gpu", t.batch_size)
-    ds.setdefault("gradient_accumulation_steps", t.gradient_accumulation)
-    ds.setdefault("train_batch_size", t.batch_size * t.gradient_accumulation * world_size)
-    expected = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world_size
-    if ds["train_batch_size"] != expected:
-        raise ConfigError(
-            f"deepspeed.train_batch_size ({ds['train_batch_size']}) must equal micro batch × accumulation × ranks "
-            f"({expected}); leave batch sizes out of the deepspeed section to have them filled from train"
-        )
-    # Always set: DeepSpeed's own default is 1.0, so leaving it out would clip when max_grad_norm=0.
-    ds.setdefault("gradient_clipping", t.max_grad_norm)
-    # No bf16 section even for train.precision=bf16: DeepSpeed runs float32 (the trainable weights are
-    # the masters) and the step computes under autocast; see rats_core/precision.py.
-    ds.setdefault("zero_optimization", {"stage": 0})
-    ds.setdefault("zero_allow_untested_optimizer", True)
-    ds.setdefault("steps_per_print", 10**9)
-    ds.setdefault("wall_clock_breakdown", False)
-    return ds
-
-
-def lr_lambda(cfg: RatsConfig):
-    t = cfg.train
-
-    def f(step: int) -> float:
-        if t.warmup_steps and step < t.warmup_steps:
-            return (step + 1) / t.warmup_steps
-        if t.lr_scheduler == "constant":
-            return 1.0
-        progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-        progress = min(max(progress, 0.0), 1.0)
-        if t.lr_scheduler == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0 - progress
-
-    return f
-
-
 def batch_noise(backbone: Any, seed: int, index: int, global_batch: int, rank: int, per_rank: int) -> torch.Tensor:
     """Initial noise for this rank's slice of global batch ``index``: it depends only on (seed, index),
     so resumed and multi-rank runs draw exactly the noise an uninterrupted one-rank run draws."""
     g = torch.Generator().manual_seed(seed * 7919 + index * 104729 + 17)
     full = torch.randn(backbone.latent_shape(global_batch), generator=g)
     return full[rank * per_rank : (rank + 1) * per_rank]
-
-
-# ----------------------------------------------------------------------------- run folder
-
-
-class RunLock:
-    """An exclusive lock on the output folder: a second run pointed at it is refused."""
-
-    FILENAME = ".rats.lock"
-
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / self.FILENAME
-        self.fh = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "another process"
-            self.fh.close()
-            self.fh = None
-            raise TrainingError(
-                f"{self.path.parent} is in use by a running training ({holder}); "
-                "wait for it to finish or choose another output_dir=..."
-            ) from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"pid {os.getpid()}")
-        self.fh.flush()
-
-    def release(self) -> None:
-        if self.fh is not None:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
-            self.fh.close()
-            self.fh = None
-
-
-def _first_missing(folder: Path) -> Path | None:
-    """The outermost ancestor of ``folder`` (or itself) that does not exist yet."""
-    missing = None
-    for p in [folder, *folder.parents]:
-        if p.exists():
-            break
-        missing = p
-    return missing
-
-
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_test_{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output_dir {folder}: not writable ({exc.strerror or exc})") from None
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -174,15 +73,12 @@ class Trainer:
         self.dist: DistInfo | None = None
         self.step = 0
         self.history: list[dict[str, float]] = []
-        self._stop_signal: int | None = None
-        self._old_handlers: dict[int, Any] = {}
-        self.lock: RunLock | None = None
+        self.folder = RunFolder(self.output_dir)
+        self.stop = StopRequest()
         self.callbacks: CallbackList | None = None
         self.state: RunState | None = None
         self.timings: dict[str, float] = {}
         self.base_state: dict[str, torch.Tensor] | None = None
-        #: the outermost folder setup() created for output_dir, removed again if setup fails
-        self._created_dir: Path | None = None
         self._setup_done = False
         #: the step of the newest checkpoint this process saved (None: none yet)
         self._saved_step: int | None = None
@@ -198,14 +94,12 @@ class Trainer:
         d = self.dist
         if cfg.train.batch_size <= 0:
             raise ConfigError("train.batch_size must be positive")
+        self.stop.announce = d.is_main
         if d.is_main:
-            self._created_dir = _first_missing(self.output_dir)
-            _check_writable(self.output_dir)
-            self.lock = RunLock(self.output_dir)
-            self.lock.acquire()
+            self.folder.claim()
         barrier()
 
-        resume_from = self._resume_target()
+        resume_from = self.folder.resume_target(cfg)
         # built first: a bad callbacks section fails before any model loads
         self.callbacks = build_callbacks(cfg, d.rank)
         self.state = RunState(cfg, self.output_dir, cfg.train.steps, d.rank, d.world_size, trainer=self)
@@ -214,7 +108,7 @@ class Trainer:
         self.zero_stage = int((cfg.deepspeed.get("zero_optimization") or {}).get("stage", 0))
         zero3 = self.zero_stage == 3
         precision.enable_tf32(device, cfg.train.tf32)
-        self.components = build_components(cfg, backbone_options=self._zero3_load_options(cfg, device))
+        self.components = build_components(cfg, backbone_options=zero3_load_options(cfg, device))
         c = self.components
         self.backbone = c.backbone
         self.rewards = c.rewards.to(device)
@@ -273,12 +167,12 @@ class Trainer:
         if self.zero_stage == 0 and "gradient_clipping" not in cfg.deepspeed:
             self.clip_norm = float(ds_config["gradient_clipping"])
             ds_config["gradient_clipping"] = 0.0
-        _quiet_deepspeed_logs()
+        quiet_deepspeed_logs()
         try:
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 model=student, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, model_parameters=params
             )
-            self.teacher_engine = self._partition_teacher(ds_config) if zero3 else None
+            self.teacher_engine = partition_teacher(self.teacher.module, ds_config) if zero3 else None
         except (ValueError, AssertionError) as exc:
             raise ConfigError(f"deepspeed: {exc}") from None
         self.student = self.engine.module
@@ -303,22 +197,11 @@ class Trainer:
             self.load_checkpoint(resume_from)
         if d.is_main:
             try:
-                self._write_run_files()
+                self.folder.write_config(cfg)
             except OSError as exc:
                 raise self.write_failed("write the run files (config.yaml)", exc) from None
-        self._install_signal_handlers()
+        self.stop.install()
         self._setup_done = True
-
-    @staticmethod
-    def _zero3_load_options(cfg: RatsConfig, device: torch.device) -> dict[str, Any] | None:
-        """Under ZeRO-3 on a GPU the backbone loads into host memory (``device: cpu``) unless the
-        config names a device: DeepSpeed then moves each rank's shard to the GPU, so the whole
-        denoiser is never on one GPU."""
-        stage = int((cfg.deepspeed.get("zero_optimization") or {}).get("stage", 0))
-        if stage != 3 or device.type == "cpu" or cfg.backbone.options.get("device") is not None:
-            return None
-        schema = get_registry().get("backbones", cfg.backbone.name).schema
-        return {"device": "cpu"} if "device" in getattr(schema, "model_fields", {}) else None
 
     def _move_to_device(self, student: nn.Module, device: torch.device, *, denoiser: bool) -> None:
         """Frozen parts (text encoders, VAE) to ``device``; the denoiser too unless ZeRO-3 will
@@ -333,21 +216,6 @@ class Trainer:
         if callable(getattr(self.backbone, "to", None)):
             self.backbone.to(device)
         student.to(device)
-
-    def _partition_teacher(self, ds_config: dict[str, Any]):
-        """The ZeRO-3 teacher: a second DeepSpeed engine without optimizer (DeepSpeed-Chat's pattern
-        for reference/EMA models), partitioned like the student and gathered layer by layer when it
-        runs. It takes the student's ZeRO settings, so the two are partitioned alike and each rank's
-        EMA update of its own shards is all there is to update (rats_core/zero.py: ema_targets)."""
-        import deepspeed
-
-        config = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler", "gradient_clipping")}
-        zero_cfg = dict(config.get("zero_optimization") or {})
-        zero_cfg.pop("offload_optimizer", None)
-        config["zero_optimization"] = zero_cfg
-        engine, *_ = deepspeed.initialize(model=self.teacher.module, config=config)
-        engine.eval()
-        return engine
 
     def _check_rewards_differentiable(self, device: torch.device) -> None:
         """A weighted reward whose score carries no gradient would make −β·R train nothing, silently;
@@ -369,73 +237,6 @@ class Trainer:
             ckpt.save_tensor_file(self.base_state, tmp)
             os.replace(tmp, path)
 
-    def _absolute(self, value: Any) -> Any:
-        if isinstance(value, str) and value and not os.path.isabs(value):
-            candidate = self.cfg.resolve_path(value)
-            if candidate.exists():
-                return str(candidate.resolve())
-        return value
-
-    def _resume_target(self) -> Path | None:
-        mode = self.cfg.train.resume
-        latest = ckpt.latest_checkpoint(self.output_dir)
-        if mode == "auto":
-            return latest
-        if mode == "never":
-            if latest is not None:
-                raise ConfigError(
-                    f"output_dir {self.output_dir} already holds checkpoints (latest {latest.name}); "
-                    "use train.resume=auto to continue it, or choose another output_dir=..."
-                )
-            return None
-        path = self.cfg.resolve_path(mode) if not os.path.isabs(mode) else Path(mode)
-        if not path.is_dir() or not (path / "state.json").is_file():
-            raise ConfigError(f"train.resume: {path} is not a rats checkpoint folder (expected state.json inside)")
-        return path
-
-    def _write_run_files(self) -> None:
-        resolved = self.cfg.to_dict()
-        # Paths in the YAML were relative to its folder; the run folder lives elsewhere, so store
-        # the ones that name existing files or folders as absolute paths.
-        resolved["output_dir"] = str(self.output_dir)
-        for section, key in (("data", "prompts"), ("data", "eval_prompts"), ("eval", "prompts")):
-            resolved[section][key] = self._absolute(resolved[section][key])
-        resolved["backbone"]["path"] = self._absolute(resolved["backbone"].get("path"))
-        for r in resolved["rewards"]:
-            if "path" in r:
-                r["path"] = self._absolute(r["path"])
-        text = "# resolved configuration of this run; rerun with: rats-run config.yaml\n" + yaml.safe_dump(
-            resolved, sort_keys=False
-        )
-        tmp = self.output_dir / ".config.yaml.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.output_dir / "config.yaml")
-
-    # -- signals
-
-    def _install_signal_handlers(self) -> None:
-        if threading_main():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old_handlers[sig] = signal.getsignal(sig)
-                signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        if self._stop_signal is not None:  # second signal: stop now
-            signal.signal(signum, self._old_handlers.get(signum, signal.SIG_DFL))
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-        if self.dist is None or self.dist.is_main:
-            print(
-                f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step, then stopping "
-                "(send it again to stop at once)",
-                file=sys.stderr,
-            )
-
-    def _restore_signal_handlers(self) -> None:
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers.clear()
-
     # -- training
 
     def train(self) -> TrainResult:
@@ -447,7 +248,7 @@ class Trainer:
         total = cfg.train.steps
         self.callbacks.fire("fit_start", self.state)
         while self.step < total:
-            if any_rank(self._stop_signal is not None, d.device):
+            if any_rank(self.stop.requested, d.device):
                 self.save_checkpoint()
                 raise TrainingInterrupted(
                     f"interrupted at step {self.step}/{total}; checkpoint saved in "
@@ -701,54 +502,9 @@ class Trainer:
         return target
 
     def cleanup(self) -> None:
-        self._restore_signal_handlers()
-        # only the run that holds the lock may remove what is in the folder
-        remove = not self._setup_done and self._created_dir is not None and self.lock is not None
-        if remove:
-            self._remove_setup_files()
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-        if remove:
-            self._remove_created_folders()
+        self.stop.restore()
+        self.folder.release(setup_failed=not self._setup_done)
 
-    def _remove_setup_files(self) -> None:
-        """A run that failed in setup (bad weights path, empty prompt file, ...) leaves nothing behind:
-        the files setup writes are removed (the lock last, while still held), then the folders it
-        created, if they are empty."""
-        for name in ("base.safetensors", ".base.safetensors.tmp", ".config.yaml.tmp", "config.yaml",
-                     RunLock.FILENAME):
-            try:
-                (self.output_dir / name).unlink()
-            except OSError:
-                pass
-
-    def _remove_created_folders(self) -> None:
-        assert self._created_dir is not None
-        folder = self.output_dir
-        while True:
-            try:
-                folder.rmdir()
-            except OSError:  # not empty: someone else's files, keep them
-                return
-            if folder == self._created_dir or folder.parent == folder:
-                return
-            folder = folder.parent
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _quiet_deepspeed_logs() -> None:
-    try:
-        from deepspeed.utils import logger as ds_logger
-
-        ds_logger.setLevel(logging.WARNING)
-    except Exception:  # pragma: no cover
-        pass
 
 
 def train(cfg: RatsConfig) -> TrainResult:

@@ -132,12 +132,12 @@ def test_disk_full_while_writing_metrics(capsys, tmp_path, monkeypatch):
 
 def test_disk_full_while_writing_the_run_files(capsys, tmp_path, monkeypatch):
     """At setup (config.yaml): nothing half-written is left, and no traceback."""
-    from rats_core import trainer as trainer_mod
+    from rats_core.run_folder import RunFolder
 
-    def full(self):
-        raise _enospc(self.output_dir / ".config.yaml.tmp")
+    def full(self, cfg):
+        raise _enospc(self.path / ".config.yaml.tmp")
 
-    monkeypatch.setattr(trainer_mod.Trainer, "_write_run_files", full)
+    monkeypatch.setattr(RunFolder, "write_config", full)
     rc, _, err = cli_run(capsys, write_config(tmp_path, output_dir=str(tmp_path / "new")))
     assert_clean_error(rc, err, "could not write the run files", "No space left on device")
     assert not (tmp_path / "new").exists()
