@@ -17,7 +17,7 @@ Tiers: the one-rank cells run in the quick tier except the bf16 ones (bf16 is sl
 ZeRO-3 (DeepSpeed's per-module gather hooks cost ~1 min on hundreds of tiny adapter tensors); two-rank
 cells need ``torchrun`` (~20 s a run) and are ``slow``. CI runs a covering subset of the 2-rank cells —
 every precision, trainable set and ZeRO stage appears, and each pair of them at least once — and
-``RATS_FULL_MATRIX=1`` adds the remaining eight.
+``RATS_FULL_MATRIX=1`` adds the remaining four.
 """
 
 from __future__ import annotations
