@@ -2,7 +2,10 @@
 
 from ._compat import patch_cpu_torchvision as _patch_cpu_torchvision
 from ._compat import quiet_deepspeed_env as _quiet_deepspeed_env
+from .threads import passive_openmp_wait as _passive_openmp_wait
 
+# Before torch is imported (OpenMP reads it then): no spinning threads on a busy CPU (rats_core/threads.py).
+_passive_openmp_wait()
 # Must run before anything imports transformers / diffusers / peft / open_clip.
 _patch_cpu_torchvision()
 _quiet_deepspeed_env()

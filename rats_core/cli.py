@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .errors import RatsError
 
@@ -20,11 +20,17 @@ from .commands import COMMANDS, arg, command, load_command_modules  # noqa: E402
 # ----------------------------------------------------------------------------- commands
 
 
-@command("plugins", "list installed plugins and the components they register")
-@arg("--json", action="store_true", help="print JSON for machines")
+@command("plugins", "list installed plugins and the components they register; NAME: one component's options")
+@arg("name", nargs="?", metavar="NAME",
+     help="a component (e.g. sigmoid, or gates/sigmoid when two kinds share a name): print its options")
+@arg("--json", action="store_true", help="print JSON for machines (with every component's option schema)")
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import get_registry, list_plugins
 
+    if args.name:
+        from .components_view import show_component
+
+        return show_component(args.name, as_json=args.json)
     plugins = list_plugins()
     if args.json:
         print(json.dumps(plugins, indent=2))
@@ -41,12 +47,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for p in plugins:
         if "error" in p:
             print(f"! plugin {p['name']}: {p['error']}", file=sys.stderr)
+    if sys.stdout.isatty():
+        print("\n`rats plugins NAME` prints a component's options (type, default, constraint).")
     return 0
 
 
-@command("validate", "check a config and that every component it names exists; runs nothing")
+@command("validate", "check a config, every component it names and their weights; trains nothing")
 @arg("config", help="experiment YAML")
 @arg("overrides", nargs="*", help="key.sub=value overrides (values parsed as YAML)")
+@arg("--no-weights", action="store_true",
+     help="skip the weights check (it loads each model once: seconds for small ones, minutes for large ones)")
 def cmd_validate(args: argparse.Namespace) -> int:
     from .config import check_components, load_config
 
@@ -58,7 +68,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     if gpu_config(cfg):  # a GPU run: say whether it fits before anyone waits for the weights
         print(validate_line(cfg, args.config))
-    return 0
+    from .weights import print_weights_report
+
+    return print_weights_report(cfg, skip=args.no_weights)
 
 
 @command("run", "train: same as rats-run")
@@ -86,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_args, fn) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
+        if name in THREADED_COMMANDS:
+            p.add_argument("--threads", metavar="N", default="auto",
+                           help="CPU threads of torch: auto (default: the cores free of other processes), N, or 0 "
+                                "for torch's default (one per core; slow on a busy machine)")
         p.set_defaults(_fn=fn)
     return parser
 
@@ -119,6 +135,9 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .progress import quiet_library_warnings
+
+    quiet_library_warnings()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (`rats eval RUN --steps 2 eval.seed=3`)
@@ -130,10 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_fn", None):
         parser.print_help()
         return 2
-    return _run_guarded(args._fn, args)
+    fn = _with_threads(args._fn) if hasattr(args, "threads") and args.command in THREADED_COMMANDS else args._fn
+    return _run_guarded(fn, args)
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:
+    from .progress import quiet_library_warnings
+
+    quiet_library_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="rats-run", description="Train a few-step student with RATS.")
     parser.add_argument("config", help="experiment YAML, e.g. experiments/digits.yaml")
@@ -145,8 +168,19 @@ def run_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_guarded(fn, args) -> int:
+    from .errors import WeightsNotFoundError
+
+    if getattr(args, "command", "run") in WEIGHTED_COMMANDS:
+        from .weights import start_hub_probe
+
+        start_hub_probe()  # in the background while the command starts up
     try:
-        return int(fn(args) or 0)
+        try:
+            return int(fn(args) or 0)
+        except WeightsNotFoundError as exc:
+            from .weights import complete
+
+            raise complete(exc) from None  # every missing model in one message, not one per run
     except RatsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

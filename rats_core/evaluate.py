@@ -139,8 +139,11 @@ def evaluate_variants(
     batch_size: int = 16,
     device: Any = "cpu",
     progress: bool = False,
+    per_image: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor], list[str]]:
     """Sample and score every variant on the same prompts and noise.
+
+    ``per_image``, when given, receives each variant's per-image combined reward.
 
     Returns ``(results, images, expanded_prompts)``: ``results[label]`` holds ``steps``, each reward's
     mean/ci95 (``reward`` is the configured combination) and every metric; ``images[label]`` the
@@ -152,9 +155,9 @@ def evaluate_variants(
     images: dict[str, Tensor] = {}
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
-        bar = tqdm(total=len(expanded) * len(variants), desc="evaluating", unit="img", dynamic_ncols=True)
+        bar = progress_bar(total=len(expanded) * len(variants), desc="evaluating", unit="img")
     try:
         for v in variants:
             from .runs import swapped_state
@@ -174,6 +177,8 @@ def evaluate_variants(
             entry.update(run_metrics(list(metrics), imgs, expanded))
             entry["n"] = len(expanded)
             results[v.label] = entry
+            if per_image is not None:
+                per_image[v.label] = scores["reward"]
             images[v.label] = imgs
     finally:
         if bar is not None:
@@ -256,9 +261,11 @@ def end_of_run_report(trainer: "Trainer") -> dict[str, Any] | None:
     results: dict[str, Any] = {}
     images: dict[str, Tensor] = {}
     expanded: list[str] = []
+    per_image: dict[str, Tensor] = {}
     common = dict(
         metrics=metrics, images_per_prompt=cfg.eval.images_per_prompt, seed=cfg.eval.seed,
         batch_size=cfg.eval.batch_size, device=trainer.dist.device, progress=trainer.dist.is_main,
+        per_image=per_image,
     )
     if base_state is not None:
         with swapped_weights(trainer, base_state):
@@ -278,7 +285,11 @@ def end_of_run_report(trainer: "Trainer") -> dict[str, Any] | None:
     images.update(im)
     if not trainer.dist.is_main:
         return None
-    return write_report(trainer.output_dir, cfg, results, images, expanded, trainer.history)
+    from .report import run_history
+
+    # the whole run's records: after a resume, trainer.history holds only this process's steps
+    history = run_history(trainer.output_dir, trainer.history, last_step=trainer.step)
+    return write_report(trainer.output_dir, cfg, results, images, expanded, history, scores=per_image)
 
 
 def load_history(run_dir: Path) -> list[dict[str, float]]:
@@ -357,9 +368,9 @@ def compare(
     index = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
-        bar = tqdm(total=len(expanded) * len(variants), desc="rats eval", unit="img", dynamic_ncols=True)
+        bar = progress_bar(total=len(expanded) * len(variants), desc="rats eval", unit="img")
     try:
         for v in variants:
             key = f"{v.label}@{v.steps}"

@@ -84,6 +84,8 @@ def _parse_positive(text: str | None, what: str, default: int | None = None) -> 
 @arg("--guidance-scale", metavar="G", type=float, help="default: the config's student.guidance_scale")
 @arg("--checkpoint", metavar="PATH_OR_STEP", help="a checkpoint folder or step number; default: the latest")
 @arg("--device", help="cpu, cuda, cuda:N; default: train.device, else cuda when available")
+@arg("--scale", metavar="S", default="1",
+     help="write each image S times larger, nearest-neighbour (e.g. 16 for digits' 16 px images; default 1)")
 def cmd_sample(args: Any) -> int:
     from .evaluate import generate
     from .prompts import load_prompts
@@ -95,6 +97,7 @@ def cmd_sample(args: Any) -> int:
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("the prompt is empty")
     n = _parse_positive(args.n, "--n")
+    scale = _parse_positive(args.scale, "--scale")
     seed_text = str(args.seed).strip()
     if not re.fullmatch(r"\d+", seed_text):
         raise UsageError(f"--seed '{args.seed}': expected a whole number ≥ 0")
@@ -118,9 +121,9 @@ def cmd_sample(args: Any) -> int:
 
     written = []
     index = []
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
-    with swap, tqdm(total=len(prompts) * n, desc="sampling", unit="img", disable=len(prompts) * n < 4) as bar:
+    with swap, progress_bar(total=len(prompts) * n, desc="sampling", unit="img", disable=len(prompts) * n < 4) as bar:
         for j, prompt in enumerate(prompts):
             noise = sample_noise(backbone, seed, j, n)
             images = generate(backbone, network, [prompt] * n, steps, noise, batch_size=max(1, run.cfg.eval.batch_size),
@@ -130,7 +133,7 @@ def cmd_sample(args: Any) -> int:
                     path = out / (f"{j:04d}-{_slug(prompt)}" + (f"-{i}" if n > 1 else "") + ".png")
                 else:
                     path = out if n == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
-                save_image(img, path)
+                save_image(img, path, scale=scale)
                 written.append(path)
                 index.append({"file": path.name, "prompt": prompt, "seed": seed, "image": i, "steps": steps,
                               "model": args.model})

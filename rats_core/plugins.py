@@ -184,6 +184,12 @@ def list_plugins() -> list[dict[str, Any]]:
             "builtin": name in DEFAULT_PLUGINS,
             "hooks": hooks,
             "components": {k: v for k, v in components.items() if v},
+            # each component's options as a JSON schema (type, default, bounds, description per option),
+            # from the pydantic model that validates them
+            "schemas": {
+                kind: {n: registry.get(kind, n).options_schema() for n in names}
+                for kind, names in components.items() if names
+            },
         }
         if dist:
             entry["distribution"], entry["version"] = dist

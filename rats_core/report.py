@@ -7,7 +7,18 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from .checkpoint import write_json_atomic
+from .checkpoint import write_json_atomic as _write_json_atomic
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON atomically, readable like any other file the run writes (0644 under the usual umask;
+    the temporary file the atomic write goes through is created 0600)."""
+    import os
+
+    _write_json_atomic(path, data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 #: the order variants are shown in, when present
 ORDER = ("base", "base_teacher_steps", "teacher", "student")
@@ -45,29 +56,104 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+def run_history(run_dir: Path, fallback: Sequence[dict[str, Any]] = (), last_step: int | None = None
+                ) -> list[dict[str, Any]]:
+    """The whole run's records, read from ``metrics.jsonl``, in step order.
+
+    A resumed run appends to the file, and logs again the steps between the checkpoint it resumed
+    from and the interruption: for each step the record written last wins (training records and
+    held-out evaluation records separately). A torn last line (the process was killed while writing)
+    is skipped. Records past ``last_step`` (an earlier attempt configured for more steps) are left out.
+    Without a readable file, ``fallback`` (the records this process kept) is returned.
+    """
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return list(fallback)
+    train: dict[int, dict[str, Any]] = {}
+    evals: dict[int, dict[str, Any]] = {}
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            continue
+        if last_step is not None and rec["step"] > last_step:
+            continue
+        (evals if any(str(k).startswith("eval/") for k in rec) else train)[rec["step"]] = rec
+    if not train and not evals:
+        return list(fallback)
+    # at one step the training record comes first, then that step's evaluation (as they were written)
+    return [r for _, _, r in sorted([(s, 0, r) for s, r in train.items()] + [(s, 1, r) for s, r in evals.items()],
+                                    key=lambda t: (t[0], t[1]))]
+
+
+#: what report.md says about how the overtaking step is found (docs/eval.md has the full rule)
+OVERTAKE_RULE = (
+    "the first held-out evaluation during training (eval.every) at which the student's mean reward is above "
+    "the teacher's; without such evaluations, the first logged step at which the student's training-batch "
+    "reward, smoothed by a moving average over 5% of the steps, is above the teacher's"
+)
+
+
 def overtake_step(history: Sequence[dict[str, Any]]) -> tuple[int | None, str]:
     """The first step at which the student's reward exceeds the teacher's.
 
-    Uses the held-out evaluations logged during training (``eval/…``) when there are any, otherwise
-    the training batches' rewards smoothed over a window of ~5% of the run.
-    Returns ``(step or None, source)``.
+    The rule (also in docs/eval.md): when held-out evaluations were logged during training
+    (``eval/reward_student`` and ``eval/reward_teacher``, every ``eval.every`` steps), the step of the
+    first one where the student's mean held-out reward is strictly above the teacher's. Otherwise the
+    training batches' rewards, each smoothed by a trailing moving average over ``max(1, n // 20)``
+    logged steps, and the first step where the student's average is strictly above the teacher's.
+    ``history`` must be the whole run's records (:func:`run_history`), not only those of the last
+    resumed process. Returns ``(step or None, source)``.
     """
     evals = [h for h in history if "eval/reward_student" in h and "eval/reward_teacher" in h]
     if evals:
+        source = f"held-out evaluations during training ({len(evals)}, steps {evals[0]['step']}–{evals[-1]['step']})"
         for h in evals:
             if h["eval/reward_student"] > h["eval/reward_teacher"]:
-                return int(h["step"]), "held-out evaluations during training"
-        return None, "held-out evaluations during training"
+                return int(h["step"]), source
+        return None, source
     train = [h for h in history if "reward_student" in h and "reward_teacher" in h]
     if not train:
         return None, "no history"
     window = max(1, len(train) // 20)
+    what = f"training batches, moving average over {window} step{'s' if window > 1 else ''}"
     s = smooth([h["reward_student"] for h in train], window)
     t = smooth([h["reward_teacher"] for h in train], window)
     for h, a, b in zip(train, s, t):
         if a > b:
-            return int(h["step"]), f"training batches (moving average over {window} steps)"
-    return None, f"training batches (moving average over {window} steps)"
+            return int(h["step"]), what
+    return None, what
+
+
+def stays_ahead(history: Sequence[dict[str, Any]], step: int | None) -> bool | None:
+    """Whether the student is above the teacher at every held-out evaluation from ``step`` on (None
+    without held-out evaluations or an overtaking step)."""
+    evals = [h for h in history if "eval/reward_student" in h and "eval/reward_teacher" in h]
+    if step is None or not evals:
+        return None
+    return all(h["eval/reward_student"] > h["eval/reward_teacher"] for h in evals if h["step"] >= step)
+
+
+def history_summary(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    train = [h["step"] for h in history if "reward_student" in h]
+    evals = [h["step"] for h in history if "eval/reward_student" in h]
+    return {"train_records": len(train), "first_step": train[0] if train else None,
+            "last_step": train[-1] if train else None, "eval_steps": evals}
+
+
+def _history_line(history: Sequence[dict[str, Any]]) -> str:
+    h = history_summary(history)
+    if not h["train_records"]:
+        return ""
+    return (f"Curves: {h['train_records']} logged steps ({h['first_step']}–{h['last_step']}) from metrics.jsonl"
+            + (f", held-out evaluations at steps {', '.join(map(str, h['eval_steps']))}" if h["eval_steps"] else "")
+            + ".")
 
 
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
@@ -122,8 +208,9 @@ def image_grid(
             rows[lab] = _label(lab) + (f"\n{steps_label(steps)}" if steps is not None else "")
     keys = [k for k in rows if k in images]
     cols = max(1, min(columns, len(prompts), *(len(images[k]) for k in keys)))
-    cell = 1.75
-    height = cell * len(keys) + 1.1 + (0.4 if title else 0)
+    cell = 2.1
+    # room for the score above each image and the wrapped prompt under the bottom row
+    height = (cell + (0.3 if scores is not None else 0)) * len(keys) + 1.1 + (0.4 if title else 0)
     fig, axes = plt.subplots(len(keys), cols, figsize=(cell * cols + 1.4, height), squeeze=False)
     for i, key in enumerate(keys):
         for j in range(cols):
@@ -133,13 +220,13 @@ def image_grid(
             ax.set_xticks([])
             ax.set_yticks([])
             if scores is not None and key in scores:
-                ax.set_title(f"{score_name} {float(scores[key][j]):.4g}", fontsize=6.5, pad=2)
+                ax.set_title(f"{score_name} {float(scores[key][j]):.3g}", fontsize=9, pad=3)
             if i == len(keys) - 1:
-                ax.set_xlabel(_wrap(prompts[j], 22), fontsize=7)
+                ax.set_xlabel(_wrap(prompts[j], 22), fontsize=9)
             if j == 0:
-                ax.set_ylabel(rows[key], fontsize=8)
+                ax.set_ylabel(rows[key], fontsize=10)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height) if title else None)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -171,11 +258,14 @@ def _pyplot():
     return plt
 
 
-def save_image(image: Tensor, path: Path) -> Path:
-    """Write one ``[3, H, W]`` image in [0, 1] as an 8-bit PNG of exactly H×W pixels."""
+def save_image(image: Tensor, path: Path, scale: int = 1) -> Path:
+    """Write one ``[3, H, W]`` image in [0, 1] as an 8-bit PNG of H×W pixels, or ``scale`` times that
+    (nearest-neighbour: each pixel becomes a ``scale``×``scale`` block, nothing is invented)."""
     from PIL import Image
 
     arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    if scale > 1:
+        arr = arr.repeat(scale, axis=0).repeat(scale, axis=1)
     Image.fromarray(arr).save(path, format="PNG")
     return path
 
@@ -241,13 +331,17 @@ def write_report(
     images: dict[str, Tensor],
     prompts: Sequence[str],
     history: Sequence[dict[str, Any]],
+    scores: dict[str, Tensor] | None = None,
 ) -> dict[str, Any]:
+    """report.md, report.json and report/*.png. ``scores``: each image's combined reward, per variant
+    (printed above the grid's images)."""
     output_dir = Path(output_dir)
     report_dir = output_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     from .verdict import markdown as verdict_markdown, verdict
 
     step, source = overtake_step(history)
+    ahead = stays_ahead(history, step)
     k, n = cfg.student.steps, cfg.eval.teacher_steps or cfg.teacher.steps
     student = results.get("student", {})
     teacher = results.get("teacher", {})
@@ -261,6 +355,8 @@ def write_report(
         "held_out": results,
         "overtake_step": step,
         "overtake_source": source,
+        "overtake_stays_ahead": ahead,
+        "history": history_summary(history),
         "train_steps": cfg.train.steps,
         "student_steps": k,
         "teacher_steps": n,
@@ -277,7 +373,9 @@ def write_report(
     cols = spread_columns(prompts, 10)
     image_grid({k: v[cols] for k, v in images.items()}, [prompts[i] for i in cols], report_dir / "grid.png",
                columns=len(cols), results=results,
-               title="Held-out samples: the same prompt and initial noise down each column")
+               scores={k: v[cols] for k, v in scores.items()} if scores else None,
+               title="Held-out samples: the same prompt and initial noise down each column"
+               + ("; above each image: its reward" if scores else ""))
     curves = training_curves(history, report_dir / "curves.png", step)
     reward_vs_nfe(
         nested_results(results), report_dir / "reward_vs_nfe.png", reference_steps=n,
@@ -296,7 +394,10 @@ def write_report(
         "",
         verdict_markdown(report["verdict"]),
         "",
-        f"Student overtakes teacher at step: {step if step is not None else 'never'} ({source}).",
+        f"Student overtakes teacher at step: {step if step is not None else 'never'} ({source})"
+        + ("" if ahead is None else "; it stays ahead at every later evaluation" if ahead
+           else "; it falls behind again at a later evaluation") + ". "
+        f"Rule: {OVERTAKE_RULE}. {_history_line(history)}",
         "",
         "![reward versus sampler steps](report/reward_vs_nfe.png)",
         "",
@@ -409,8 +510,11 @@ def reward_vs_nfe(
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([str(s) for s in steps_sorted])
         ax.set_xlabel("sampler steps (NFE)")
-        ax.set_ylabel("mean ± 95% interval (higher is better)" if section == "rewards" else "value")
-        ax.set_title((titles or {}).get(name, name if section == "rewards" else f"{name} (metric)"), fontsize=9)
+        ax.set_ylabel("mean ± 95% interval (higher is better)" if section == "rewards" else metric_axis_label(name))
+        _sensible_ylim(ax, name, section)
+        direction = metric_direction(name) if section == "metrics" else "higher"
+        arrow = {"higher": " ↑", "lower": " ↓"}.get(direction or "", "")
+        ax.set_title((titles or {}).get(name, name if section == "rewards" else f"{name} (metric{arrow})"), fontsize=9)
         ax.grid(True, alpha=0.3)
     for idx in range(len(panels), nrows * ncols):
         axes[idx // ncols][idx % ncols].axis("off")
@@ -422,6 +526,52 @@ def reward_vs_nfe(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+#: which way is better for metrics named like this (first match wins); plugins' metrics named otherwise
+#: are labelled "value" without a direction
+METRIC_DIRECTIONS: tuple[tuple[str, str], ...] = (
+    ("fid", "lower"), ("kid", "lower"), ("distance", "lower"), ("lpips", "lower"), ("error", "lower"),
+    ("loss", "lower"), ("accuracy", "higher"), ("precision", "higher"), ("recall", "higher"),
+    ("score", "higher"), ("reward", "higher"), ("clip", "higher"), ("ssim", "higher"), ("psnr", "higher"),
+)
+#: metrics that are fractions in [0, 1]
+FRACTION_METRICS = ("accuracy", "precision", "recall", "rate")
+
+
+def metric_direction(name: str) -> str | None:
+    low = name.lower()
+    return next((d for key, d in METRIC_DIRECTIONS if key in low), None)
+
+
+def metric_axis_label(name: str) -> str:
+    d = metric_direction(name)
+    return f"value ({d} is better)" if d else "value"
+
+
+def _sensible_ylim(ax: Any, name: str, section: str) -> None:
+    """Keep a near-constant quantity from looking dramatic: the y axis spans at least 10% of the
+    values' magnitude (for a fraction such as an accuracy at least 0.1, within [0, 1])."""
+    lo, hi = ax.get_ylim()
+    ys = [y for line in ax.get_lines() for y in line.get_ydata() if y == y]  # noqa: PLR0124 (skip NaN)
+    for coll in ax.collections:  # error bars
+        for seg in getattr(coll, "get_segments", lambda: [])():
+            ys += [float(p[1]) for p in seg]
+    if not ys:
+        return
+    lo, hi = min(ys), max(ys)
+    fraction = section == "metrics" and any(k in name.lower() for k in FRACTION_METRICS) and 0 <= lo and hi <= 1
+    min_span = 0.1 if fraction else 0.1 * max(abs(lo), abs(hi), 1e-12)
+    if hi - lo >= min_span:
+        return
+    mid = (lo + hi) / 2
+    lo, hi = mid - min_span / 2, mid + min_span / 2
+    if fraction and hi > 1:
+        lo, hi = lo - (hi - 1), 1.0
+    if fraction and lo < 0:
+        lo, hi = 0.0, hi - lo
+    pad = 0.08 * (hi - lo)
+    ax.set_ylim(lo - pad, hi + pad)
 
 
 def reward_titles(reward_configs: Sequence[Any]) -> dict[str, str]:

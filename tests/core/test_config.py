@@ -64,7 +64,7 @@ def test_overrides(toy_config):
         "train.progress=false",  # values are YAML
         "data.prompts=[a cat, a dog]",
     ])
-    assert cfg.gate.name == "hard" and cfg.gate.options == {"tau": 0.5}  # options kept; `rats validate` rejects them
+    assert cfg.gate.name == "hard" and cfg.gate.options == {}  # sigmoid's tau dropped: hard does not take it
     assert cfg.train.steps == 10 and cfg.train.progress is False
     assert [(r.name, r.weight) for r in cfg.rewards] == [("toy-brightness", 1.0), ("toy-smoothness", 2.0)]
     assert cfg.student.lora is not None and cfg.student.lora.rank == 4
@@ -138,7 +138,7 @@ def test_validate_with_component_options(capsys, toy_config):
         (["gate.tau=-1"], ["gate.tau", "greater than 0"]),
         (["gate.tau=abc"], ["gate.tau", "valid number"]),
         (["gate.foo=1"], ["gate.foo: unknown option"]),
-        (["gate.name=hard"], ["gate.tau: unknown option"]),  # the YAML's tau belongs to sigmoid
+        (["gate.name=hard", "gate.tau=1"], ["gate.tau: unknown option", "Options of gate 'hard': margin"]),
         (["horizons.name=explicit"], ["horizons.steps: required option is missing"]),
         (["rewards.0.target=2"], ["rewards.0.target", "less than or equal to 1"]),
         (["backbone.interpolation=vp"], ["backbone.interpolation"]),
@@ -216,7 +216,7 @@ def _experiment_configs():
 
 @pytest.mark.parametrize("path", _experiment_configs(), ids=lambda p: p.name)
 def test_every_experiment_config_validates(capsys, path):
-    rc, out, err = _validate(capsys, path)
+    rc, out, err = _validate(capsys, path, "--no-weights")  # the weights are not here (tests/test_weights.py)
     assert rc == 0, err
 
 

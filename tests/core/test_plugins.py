@@ -169,7 +169,9 @@ def test_every_hook_is_called_and_listed(fresh_plugins, capsys):
 
 def test_plugins_json_shape(fresh_plugins, capsys):
     entries = _plugins_json(capsys)
-    gates = _by_name(entries)["rats_plugins.gates"]
+    gates = dict(_by_name(entries)["rats_plugins.gates"])
+    # each component's option schema (what `rats plugins NAME` prints, as JSON schema)
+    assert gates.pop("schemas")["gates"]["sigmoid"]["properties"]["tau"]["exclusiveMinimum"] == 0
     assert gates == {
         "name": "rats_plugins.gates",
         "builtin": True,
@@ -177,7 +179,7 @@ def test_plugins_json_shape(fresh_plugins, capsys):
         "components": {"gates": ["constant", "hard", "sigmoid"]},
     }
     for e in entries:
-        assert set(e) <= {"name", "builtin", "hooks", "components", "distribution", "version", "error"}
+        assert set(e) <= {"name", "builtin", "hooks", "components", "schemas", "distribution", "version", "error"}
 
 
 def test_plugins_table(fresh_plugins, capsys):
@@ -252,6 +254,7 @@ def test_broken_plugins_are_recorded_and_the_rest_still_load(fake_entry_points, 
     assert entries["rats-broken:broken"]["error"].startswith("failed to load: ImportError")
     assert entries["rats-raiser:raiser"]["error"].startswith("raised in register_rewards")
     assert entries["rats-raiser:raiser"]["distribution"] == "rats-raiser"
+    assert entries["rats-fine:fine"].pop("schemas")["gates"]["fine-gate"]["type"] == "object"
     assert entries["rats-fine:fine"] == {
         "name": "rats-fine:fine", "builtin": False, "hooks": ["register_gates"],
         "components": {"gates": ["fine-gate"]}, "distribution": "rats-fine", "version": "0.3",

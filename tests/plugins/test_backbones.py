@@ -528,8 +528,9 @@ def test_rats_run_without_weights_fails_at_once_naming_model_and_override(tmp_pa
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, res.stderr[-2000:]
-    assert DEFAULT_IDS["pixart"] in errors[0] and "backbone.path=" in errors[0]
+    assert len(errors) == 1, res.stderr[-2000:]  # one message (naming every missing model, one per line)
+    message = res.stderr[res.stderr.index("error:"):]
+    assert DEFAULT_IDS["pixart"] in message and "backbone.path=" in message
 
 
 # ----------------------------------------------------------------------------- end to end with the trainer
