@@ -1,0 +1,126 @@
+"""Logs a person reads in a file, pictures a person can inspect, file modes, quiet library warnings."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+import warnings
+
+import pytest
+import torch
+
+from rats_core import progress
+from rats_core.report import metric_axis_label, metric_direction, reward_vs_nfe, save_image, write_eval_report
+
+
+def test_plain_progress_lines_when_not_a_terminal(monkeypatch):
+    out = io.StringIO()
+    clock = iter([0.0, 0.0, 10.0, 31.0, 50.0, 62.0, 62.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    bar = progress.progress_bar(total=4, desc="rats", unit="step", file=out)
+    assert isinstance(bar, progress.PlainProgress)
+    for i in range(4):
+        bar.update(1)
+        bar.set_postfix(loss=f"{0.5 - i / 10:.2f}")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    # one line once 30 s have passed (at the 3rd step), one at the end; nothing in between
+    assert lines == [
+        "rats: step 3/4 (75%), 10.3 s/step, 10s left; loss=0.40",
+        "rats: step 4/4 (100%), 15.5 s/step, 1m02s in all; loss=0.20",
+    ]
+
+
+def test_plain_progress_resumed_counts_from_the_initial_step(monkeypatch):
+    out = io.StringIO()
+    bar = progress.PlainProgress(total=10, initial=6, desc="rats", unit="step", file=out, interval=0)
+    bar.update(1)
+    bar.close()
+    assert out.getvalue().startswith("rats: step 7/10 (70%)")
+
+
+def test_a_terminal_gets_tqdm():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    from tqdm import tqdm
+
+    bar = progress.progress_bar(total=3, file=Tty())
+    assert isinstance(bar, tqdm)
+    bar.close()
+
+
+def test_library_future_warnings_are_silenced_but_not_others(monkeypatch):
+    monkeypatch.setattr(progress.sys, "warnoptions", [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        progress.quiet_library_warnings()
+        warnings.warn_explicit("`all_gather_into_tensor` is deprecated", FutureWarning, "c10d_logger.py", 83,
+                               module="torch.distributed.c10d_logger")
+        warnings.warn_explicit("mine", FutureWarning, "x.py", 1, module="my_script")
+    assert [str(w.message) for w in caught] == ["mine"]
+
+
+def test_sample_scale_is_nearest_neighbour(tmp_path):
+    from PIL import Image
+
+    img = torch.zeros(3, 2, 2)
+    img[:, 0, 1] = 1.0
+    save_image(img, tmp_path / "a.png", scale=4)
+    arr = torch.tensor(list(Image.open(tmp_path / "a.png").getdata())).reshape(8, 8, 3)
+    assert arr[:4, 4:].eq(255).all() and arr[:4, :4].eq(0).all() and arr[4:].eq(0).all()
+    save_image(img, tmp_path / "b.png")
+    assert Image.open(tmp_path / "b.png").size == (2, 2)
+
+
+def test_metric_panels_say_which_way_is_better():
+    assert metric_direction("fid") == "lower" and metric_axis_label("fid") == "value (lower is better)"
+    assert metric_direction("judge_accuracy") == "higher"
+    assert metric_axis_label("my_thing") == "value"
+
+
+def _results(acc):
+    cell = lambda s, a: {"steps": s, "rewards": {"reward": {"mean": a, "ci95": 0.01}}, "metrics": {"judge_accuracy": a,
+                                                                                                      "fid": 40 - a}}
+    return {"base": {2: cell(2, acc[0]), 50: cell(50, acc[1])}, "student": {2: cell(2, acc[2])}}
+
+
+def test_a_nearly_constant_metric_does_not_fill_the_panel(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    saved = {}
+    real = plt.Figure.savefig
+
+    def keep(fig, path, **kw):
+        saved["axes"] = {ax.get_title(): ax for ax in fig.axes}
+        return real(fig, path, **kw)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    reward_vs_nfe(_results([0.9917, 0.9833, 1.0]), tmp_path / "p.png", reference_steps=50)
+    axes = saved["axes"]
+    acc = axes["judge_accuracy (metric ↑)"]
+    lo, hi = acc.get_ylim()
+    assert hi - lo >= 0.1 and hi <= 1.05 and lo >= -0.01
+    assert acc.get_ylabel() == "value (higher is better)"
+    assert axes["fid (metric ↓)"].get_ylabel() == "value (lower is better)"
+
+
+def test_eval_json_is_readable_by_others(tmp_path):
+    import os
+
+    summary = {"kind": "config", "source": "x", "backbone": "toy", "teacher_steps": 8, "seed": 1, "rewards": [],
+               "reward_names": ["reward"], "metric_names": [], "prompts": {"count": 1, "images_per_prompt": 1,
+                                                                           "images": 1, "source": "x"},
+               "results": {"base": {"2": {"steps": 2, "rewards": {"reward": {"mean": 0.1, "ci95": 0.0, "n": 1}},
+                                          "metrics": {}}}}}
+    old = os.umask(0o022)
+    try:
+        paths = write_eval_report(tmp_path, summary, {"base@2": torch.rand(1, 3, 8, 8)}, {"base@2": "base\n2 steps"},
+                                  {"base@2": torch.tensor([0.1])}, ["a cat"])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(paths["json"].stat().st_mode) == 0o644
+    assert json.loads(paths["json"].read_text())["backbone"] == "toy"
