@@ -118,3 +118,23 @@ def test_check_differentiable_names_the_culprit():
     # a reward that is only logged (weight 0) need not be differentiable
     detached.weight = 0.0
     RewardSet([ok, detached]).check_differentiable(IMAGES, PROMPTS)
+
+
+def test_rewards_frames_option_reaches_the_weighted_reward(tmp_path):
+    """``rewards.N.frames`` (how many frames an image reward scores on video) is a config key of every
+    reward, validated (> 0 or null) and handed to the reward's WeightedReward."""
+    import yaml
+
+    from rats_core.components import build_components
+    from rats_core.config import load_config
+    from rats_core.errors import ConfigError
+
+    cfg = {"backbone": {"name": "toy"}, "student": {"steps": 2}, "teacher": {"steps": 4},
+           "rewards": [{"name": "toy-brightness", "frames": 3}, {"name": "toy-smoothness", "frames": None},
+                       {"name": "toy-brightness", "weight": 0.0}]}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rewards = build_components(load_config(path)).rewards.rewards
+    assert [r.frames for r in rewards] == [3, None, 8]
+    with pytest.raises(ConfigError, match="frames"):
+        load_config(path, ["rewards.0.frames=0"])
