@@ -18,7 +18,7 @@ from typing import Any
 
 from .checkpoint import write_json_atomic
 from .commands import arg, command
-from .config import apply_overrides, check_components, read_yaml, validate_config
+from .config import apply_overrides, check_components, read_config_data, read_yaml, validate_config
 from .errors import ConfigError
 
 DEFAULT_VARIANTS: dict[str, list[str]] = {
@@ -58,7 +58,7 @@ def run_ablation(
     write ``ablation.json`` and ``ablation.md`` in ``<output_dir>/ablation``."""
     from .trainer import train
 
-    base = read_yaml(config)
+    base = read_config_data(config)  # a `base:` chain applies as in rats-run
     apply_overrides(base, overrides)
     root_cfg = validate_config(json.loads(json.dumps(base)), source=config)
     root = Path(root_cfg.output_dir).expanduser().resolve() / "ablation"

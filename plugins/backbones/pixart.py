@@ -180,9 +180,10 @@ class PixArtBackbone(DiffusersBackbone):
 
     def sampling_kwargs(self, steps: int, guidance: float | None) -> dict[str, Any]:
         # The student was trained at exactly height × width: no aspect-ratio binning (which also has no
-        # bins for sizes other than PixArt's 256/512/1024 families).
+        # bins for sizes other than PixArt's 256/512/1024 families); and on the prompts as written, which
+        # the pipeline would otherwise "clean" (lower-casing, stripping URLs and punctuation) first.
         return {**super().sampling_kwargs(steps, guidance), "max_sequence_length": self.max_sequence_length,
-                "use_resolution_binning": False}
+                "use_resolution_binning": False, "clean_caption": False}
 
 
 def pixart(

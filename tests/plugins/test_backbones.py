@@ -324,11 +324,10 @@ def _pipeline_call(case: str, bb, pipe, call: dict, noise: torch.Tensor, output_
 
         b, c, h, w = noise.shape
         latents = FluxPipeline._pack_latents(noise, b, c, h, w)
-    extra = {}
-    if case.startswith("pixart"):  # 16 px is in no aspect-ratio bin; captions are not cleaned in training either
-        extra = dict(use_resolution_binning=False, clean_caption=False)
+    if case.startswith("pixart"):  # the call records it: no aspect-ratio binning, captions not cleaned
+        assert call["use_resolution_binning"] is False and call["clean_caption"] is False
     with torch.no_grad():
-        out = pipe(PROMPTS[:1], latents=latents, output_type=output_type, **call, **extra).images
+        out = pipe(PROMPTS[:1], latents=latents, output_type=output_type, **call).images
     if output_type == "latent" and case.startswith("flux"):
         from diffusers import FluxPipeline
 
