@@ -167,7 +167,11 @@ class TensorBoard:
 class PeriodicEval:
     """Held-out rewards of the student (K steps) and the current teacher (N steps) every ``every``
     steps, for the reward-over-training curve and the overtaking step. Fires ``eval_end`` with
-    ``{"kind": "periodic", "step", "values": {"eval/reward_student": ..., ...}}``."""
+    ``{"kind": "periodic", "step", "values": {"eval/reward_student": ..., ...}}``.
+
+    Args:
+        every: evaluate after every this many optimizer steps (set from eval.every)
+    """
 
     rank_zero_only = False  # sampling is collective under ZeRO-3
 
@@ -188,7 +192,11 @@ class PeriodicEval:
 
 class Checkpoint:
     """A checkpoint every ``every`` optimizer steps (the trainer always saves one at the end, and
-    on SIGINT/SIGTERM)."""
+    on SIGINT/SIGTERM).
+
+    Args:
+        every: save after every this many optimizer steps (set from train.checkpoint_every)
+    """
 
     rank_zero_only = False  # every rank writes its optimizer shard
 

@@ -44,17 +44,29 @@ class ConstantGate:
 
 
 def sigmoid(tau: Annotated[float, Field(gt=0)] = 1.0) -> SigmoidGate:
-    """sigmoid((R_T - R_S) / tau) - the paper's gate."""
+    """sigmoid((R_T - R_S) / tau) - the paper's gate.
+
+    Args:
+        tau: temperature in reward units; a reward gap of a few tau saturates the gate
+    """
     return SigmoidGate(tau)
 
 
 def hard(margin: float = 0.0) -> HardGate:
-    """1 where R_T > R_S + margin, else 0."""
+    """1 where R_T > R_S + margin, else 0.
+
+    Args:
+        margin: how much better the teacher's reward must be for the sample to be shaped
+    """
     return HardGate(margin)
 
 
 def constant(c: Annotated[float, Field(ge=0, le=1)] = 1.0) -> ConstantGate:
-    """A fixed gate c (1: always distil, 0: reward only) for ablations."""
+    """A fixed gate c (1: always distil, 0: reward only) for ablations.
+
+    Args:
+        c: the gate value for every sample
+    """
     return ConstantGate(c)
 
 

@@ -68,17 +68,29 @@ class ExplicitSteps:
 
 
 def all_steps(weighting: Literal["uniform", "late"] = "uniform") -> AllSteps:
-    """Every student step (uniform or linearly increasing weights) - the paper's multi-horizon matching."""
+    """Every student step (uniform or linearly increasing weights) - the paper's multi-horizon matching.
+
+    Args:
+        weighting: uniform (every step weighs 1) or late (step k weighs k + 1: later steps count more)
+    """
     return AllSteps(weighting)
 
 
 def last(n: Annotated[int, Field(gt=0)] = 1) -> LastSteps:
-    """The last n student steps."""
+    """The last n student steps.
+
+    Args:
+        n: how many of the final student steps are matched (1: only the final prediction)
+    """
     return LastSteps(n)
 
 
 def first(n: Annotated[int, Field(gt=0)] = 1) -> FirstSteps:
-    """The first n student steps (ablation)."""
+    """The first n student steps (ablation).
+
+    Args:
+        n: how many of the first student steps are matched
+    """
     return FirstSteps(n)
 
 
@@ -86,7 +98,12 @@ def explicit(
     steps: Annotated[list[int], Field(min_length=1)],
     weights: list[Annotated[float, Field(ge=0)]] | None = None,
 ) -> ExplicitSteps:
-    """Explicit student steps and weights, e.g. steps: [0, -1], weights: [0.5, 1.0]."""
+    """Explicit student steps and weights, e.g. steps: [0, -1], weights: [0.5, 1.0].
+
+    Args:
+        steps: student steps to match; negative ones count from the end (-1 = last)
+        weights: one weight per step (default: all 1)
+    """
     if weights is not None and len(weights) != len(steps):
         raise ValueError(f"{len(steps)} steps but {len(weights)} weights")
     if weights is not None and not any(w > 0 for w in weights):

@@ -65,7 +65,16 @@ def _read_id(path: Path) -> str | None:
 
 
 class WandbLogger:
-    """Weights & Biases: step metrics, config, periodic held-out rewards, the final table and report images."""
+    """Weights & Biases: step metrics, config, periodic held-out rewards, the final table and report images.
+
+    Args:
+        project: the W&B project
+        entity: the W&B team or user (default: your default entity)
+        name: the run's display name (default: the run folder's name)
+        mode: online, offline (a folder to `wandb sync` later) or disabled (default: W&B's own, e.g. WANDB_MODE)
+        tags: tags of the W&B run
+        dir: where W&B writes its files (default: the run folder)
+    """
 
     def __init__(self, project: str = "rats", entity: str | None = None, name: str | None = None,
                  mode: Literal["online", "offline", "disabled"] | None = None, tags: list[str] | None = None,
@@ -125,7 +134,14 @@ class WandbLogger:
 
 class MlflowLogger:
     """MLflow: step metrics, config as parameters, periodic held-out rewards, the final table and report
-    images as artifacts. Default store: a local file store in the run folder (``RUN_DIR/mlruns``)."""
+    images as artifacts. Default store: a local file store in the run folder (``RUN_DIR/mlruns``).
+
+    Args:
+        tracking_uri: an MLflow tracking URI (a server, sqlite:///..., file:...; default: file:RUN_DIR/mlruns)
+        experiment: the MLflow experiment, created if missing
+        run_name: the run's name (default: the run folder's name)
+        tags: tags of the MLflow run
+    """
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = "rats", run_name: str | None = None,
                  tags: dict[str, str] | None = None):
