@@ -18,9 +18,9 @@ initialisation; the judge on random scenes with near misses (seed stream 3), inc
 combinations' attributes in random scenes (it is an evaluator, not a generator).
 
 The shipped weights: judge 700 steps (631 s), VAE 400 steps (814 s), UNet + text encoder 739 steps of
-batch 32 in a 28-minute wall-clock budget (1192 s), CLIP 1000 steps (2409 s), each one thread, run side
-by side on a 2-core machine whose load average was 8-15 (other jobs); on an idle core each takes a
-fraction of that. The UNet's step count follows its time budget (``--minutes-unet``), so a faster
+batch 32 in a 28-minute wall-clock budget (1192 s) and then 2893 more with ``--resume --minutes-unet 14``
+(641 s), CLIP 1000 steps (2409 s), each one thread, run side by side on a 2-core machine whose load
+average was 4-15 (other jobs); on an idle core each takes a fraction of that. The UNet's step count follows its time budget (``--minutes-unet``), so a faster
 machine trains it longer and the result is not bit-identical across machines.
 """
 
