@@ -10,8 +10,8 @@ kernel has descheduled while its partner burns the time slice the straggler need
 * :func:`passive_openmp_wait`, called by ``import rats_core`` before torch is imported, sets
   ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once): measured, this alone removes the slowdown;
 * ``train.threads: auto`` (:class:`ThreadPolicy`) gives torch the cores that are free of other
-  processes, at least one, re-measured every :data:`RECHECK_SECONDS` while training; it also protects a
-  process that imported torch before rats (spinning threads).
+  processes less one (at least one), re-measured every :data:`RECHECK_SECONDS` while training; it also
+  protects a process that imported torch before rats (spinning threads).
 
 ``train.threads`` (``rats-run``) and ``--threads`` (``rats eval`` / ``rats sample``) take ``auto``, a
 number N (exactly N threads), or ``0`` (torch's own default: one per core). An ``OMP_NUM_THREADS`` set
@@ -114,7 +114,10 @@ def env_threads() -> int | None:
 def choose_threads(setting: ThreadsSetting) -> int | None:
     """The thread count for ``setting``; None means "leave torch's default"."""
     if setting == "auto":
-        return env_threads() or free_cores()
+        # One core is left over when more than one is free: with passive waiting, every parallel region
+        # pays a futex wake-up per extra thread, and on a quiet 2-core machine 2 passive threads took a
+        # digits step in 2.3-2.4 s against 1.3 s with one (benchmarks/README.md, "a quiet machine").
+        return env_threads() or max(1, free_cores() - 1)
     if int(setting) == 0:
         return None
     return int(setting)

@@ -107,7 +107,9 @@ def test_free_cores_takes_out_this_process_and_counts_the_others(monkeypatch):
 def test_choose_threads(monkeypatch):
     monkeypatch.setattr(th, "free_cores", lambda window=0: 3)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert th.choose_threads("auto") == 3
+    assert th.choose_threads("auto") == 2  # the free cores less one
+    monkeypatch.setattr(th, "free_cores", lambda window=0: 1)
+    assert th.choose_threads("auto") == 1  # never fewer than one
     assert th.choose_threads(0) is None  # torch's default, untouched
     assert th.choose_threads(2) == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's environment wins over auto
@@ -116,7 +118,7 @@ def test_choose_threads(monkeypatch):
 
 def test_auto_follows_the_free_cores_while_training(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    free = {"n": 2}
+    free = {"n": 3}
     monkeypatch.setattr(th, "free_cores", lambda window=0: free["n"])
     policy = th.ThreadPolicy("auto", recheck=0.0)
     assert policy.apply() == 2 and torch.get_num_threads() == 2
