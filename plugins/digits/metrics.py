@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from ..fid import feature_stats as _stats
+from ..fid import frechet_distance  # noqa: F401  (part of this module's API)
 from .data import load_split, parse_digits, to_classifier_input
 from .rewards import load_frozen_classifier
 
@@ -31,25 +32,6 @@ class DigitJudge:
         digits = parse_digits(prompts)
         logits = self.model.cpu()(to_classifier_input(images.detach().cpu(), self.model.resolution))
         return {"judge_accuracy": (logits.argmax(dim=1) == digits).float().mean().item()}
-
-
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """``‖μ1 − μ2‖² + tr(C1) + tr(C2) − 2·tr((C1·C2)^½)``.
-
-    ``tr((C1·C2)^½)`` is computed as ``Σ √λ`` over the eigenvalues of the symmetric PSD matrix
-    ``C1^½·C2·C1^½`` (same spectrum), which stays stable when dead judge features make the
-    covariances singular, where a general matrix square root warns and loses precision.
-    """
-    w, v = np.linalg.eigh(cov1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    lam = np.linalg.eigvalsh(root1 @ cov2 @ root1)
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.sqrt(np.clip(lam, 0, None)).sum())
-
-
-def _stats(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    f = features.double().numpy()
-    return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
 class DigitFID:

@@ -22,6 +22,8 @@ from torch import Tensor
 
 from rats_core.errors import WeightsNotFoundError
 
+from ..fid import feature_stats as _stats
+from ..fid import frechet_distance
 from . import world
 from .judge import grade, load_judge, summarise, to_judge_input
 
@@ -57,21 +59,6 @@ class SceneJudge:
         out = {"judge_accuracy": acc["all"]}
         out.update({f"judge_{k}": v for k, v in acc.items() if k != "all"})
         return out
-
-
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """``‖μ1 − μ2‖² + tr(C1) + tr(C2) − 2·tr((C1·C2)^½)`` (the square-root trace via eigenvalues of
-    the symmetric ``C1^½·C2·C1^½``, stable for singular covariances)."""
-    w, v = np.linalg.eigh(cov1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    lam = np.linalg.eigvalsh(root1 @ cov2 @ root1)
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.sqrt(np.clip(lam, 0, None)).sum())
-
-
-def _stats(features: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    f = features.double().numpy()
-    return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
 class SceneFID:
