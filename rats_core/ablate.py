@@ -55,7 +55,13 @@ def run_ablation(
     only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train every (variant, seed), each in ``<output_dir>/ablation/<variant>/seed<seed>``, then
-    write ``ablation.json`` and ``ablation.md`` in ``<output_dir>/ablation``."""
+    write ``ablation.json`` and ``ablation.md`` in ``<output_dir>/ablation``.
+
+    A run folder that already holds a finished run of the same configuration (its ``report.json``
+    and a ``config.yaml`` equal to the planned one) is reused, not trained again; one that holds
+    checkpoints of an unfinished run resumes. So an interrupted ablation continues where it stopped,
+    and variants can be trained side by side (``--only`` in several shells) and then collected by one
+    more ``rats ablate`` with all of them."""
     from .trainer import train
 
     base = read_config_data(config)  # a `base:` chain applies as in rats-run
@@ -75,14 +81,18 @@ def run_ablation(
             apply_overrides(data, list(extra) + [f"seed={seed}", f"output_dir={root / name / f'seed{seed}'}"])
             cfg = validate_config(data, source=f"{config} [{name}]")
             cfg._base_dir = Path(config).resolve().parent
+            cfg.eval.at_end = True
             check_components(cfg, source=f"{config} [{name}]")
-            plans.append((name, seed, cfg))
+            plans.append((name, seed, cfg, finished_report(cfg, f"{config} [{name}, seed {seed}]")))
     results: dict[str, list[dict[str, Any]]] = {}
-    for i, (name, seed, cfg) in enumerate(plans, 1):
-        print(f"[{i}/{len(plans)}] variant {name}, seed {seed}", file=sys.stderr)
-        cfg.eval.at_end = True
-        result = train(cfg)
-        report = result.report or json.loads((Path(cfg.output_dir) / "report.json").read_text())
+    for i, (name, seed, cfg, report) in enumerate(plans, 1):
+        if report is not None:
+            print(f"[{i}/{len(plans)}] variant {name}, seed {seed}: finished earlier in {cfg.output_dir}, "
+                  "reusing its report.json", file=sys.stderr)
+        else:
+            print(f"[{i}/{len(plans)}] variant {name}, seed {seed}", file=sys.stderr)
+            result = train(cfg)
+            report = result.report or json.loads((Path(cfg.output_dir) / "report.json").read_text())
         results.setdefault(name, []).append(_summary(report, seed))
     table = summarise(results)
     write_json_atomic(root / "ablation.json", {"variants": chosen, "seeds": seeds, "runs": results, "summary": table})
@@ -91,52 +101,138 @@ def run_ablation(
     return table
 
 
+#: config keys that do not change what a run computes (a finished run is reused whatever they say)
+NEUTRAL_KEYS = (("train", "threads"), ("train", "progress"))
+
+
+def finished_report(cfg: Any, source: str) -> dict[str, Any] | None:
+    """The report of a finished run of ``cfg`` in its output_dir, or None when there is none. A
+    finished run of another configuration there is an error (its results would be mislabelled)."""
+    import yaml
+
+    from .run_folder import resolved_config
+
+    folder = Path(cfg.output_dir)
+    report_path, config_path = folder / "report.json", folder / "config.yaml"
+    if not report_path.is_file() or not config_path.is_file():
+        return None
+    saved = yaml.safe_load(config_path.read_text()) or {}
+    planned = json.loads(json.dumps(resolved_config(cfg, folder)))
+    for section, key in NEUTRAL_KEYS:
+        for d in (saved, planned):
+            d.get(section, {}).pop(key, None)
+    if saved != planned:
+        diff = sorted(_differences(saved, planned))
+        raise ConfigError(
+            f"{source}: {folder} holds a finished run of another configuration (differs in "
+            f"{', '.join(diff[:5])}{' …' if len(diff) > 5 else ''}); remove that folder or choose another output_dir=..."
+        )
+    try:
+        return json.loads(report_path.read_text())
+    except json.JSONDecodeError:
+        return None  # not a complete report: train (resume) again
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in set(a) | set(b):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".") or "(root)"]
+
+
 def _summary(report: dict[str, Any], seed: int) -> dict[str, Any]:
+    from .verdict import verdict
+
     held = report.get("held_out", {})
     out: dict[str, Any] = {"seed": seed, "overtake_step": report.get("overtake_step")}
-    for who in ("student", "teacher", "base"):
+    for who in ("student", "teacher", "base", "base_teacher_steps"):
         for col in COLUMNS:
             if col in held.get(who, {}):
                 out[f"{who}_{col}"] = held[who][col]
     if "student_reward" in out and "teacher_reward" in out:
         out["student_beats_teacher"] = out["student_reward"] > out["teacher_reward"]
+    v = verdict(held)
+    if v:
+        out["reward_hacking"] = bool(v["reward_hacking"]["flag"])
+        for crit in ("reward", "judge", "realism"):
+            if v.get(crit) is not None:
+                out[f"holds_{crit}"] = bool(v[crit]["holds"])
+    out["held_out"] = {k: held[k] for k in ("student", "teacher", "base", "base_teacher_steps") if k in held}
     return out
 
 
 def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per variant: the mean and standard deviation over seeds of every number, how many seeds'
+    students beat their teacher on reward and flag reward hacking, and the claim over seeds
+    (:func:`rats_core.verdict.across_seeds`)."""
+    import statistics
+
+    from .verdict import across_seeds
+
     table = {}
     for name, runs in results.items():
         row: dict[str, Any] = {"runs": len(runs)}
-        keys = {k for r in runs for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"}
+        keys = {k for r in runs for k, v in r.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("seed", "overtake_step")}
         for k in sorted(keys):
             vals = [r[k] for r in runs if isinstance(r.get(k), (int, float))]
             row[k] = sum(vals) / len(vals) if vals else None
+            row[f"{k}_sd"] = statistics.stdev(vals) if len(vals) > 1 else None
         row["student_beats_teacher"] = sum(bool(r.get("student_beats_teacher")) for r in runs)
+        row["reward_hacking"] = sum(bool(r.get("reward_hacking")) for r in runs)
         row["overtake_steps"] = [r.get("overtake_step") for r in runs]
+        held = [r["held_out"] for r in runs if r.get("held_out", {}).get("student") and r["held_out"].get("teacher")]
+        if len(held) == len(runs) and held:
+            claim = across_seeds(held)
+            row["claim"] = {k: claim[k] for k in ("reward", "judge", "realism", "claim_holds")}
         table[name] = row
     return table
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    mean, sd = row.get(key), row.get(f"{key}_sd")
+    if mean is None:
+        return ""
+    return f"{mean:.4g} ± {sd:.2g}" if sd is not None else f"{mean:.4g}"
 
 
 def markdown(table: dict[str, dict[str, Any]], seeds: list[int]) -> str:
     cols = [
         ("student_reward", "student reward"),
         ("teacher_reward", "teacher reward"),
-        ("base_reward", "base reward"),
-        ("student_judge_accuracy", "student judge acc."),
+        ("student_judge_accuracy", "student judge"),
+        ("teacher_judge_accuracy", "teacher judge"),
         ("student_fid", "student FID"),
-        ("base_fid", "base FID"),
+        ("teacher_fid", "teacher FID"),
     ]
     present = [(k, h) for k, h in cols if any(row.get(k) is not None for row in table.values())]
     lines = [
-        f"Mean over seeds {seeds}. 'beats teacher': runs whose student reward exceeds the teacher's.",
+        f"Mean ± standard deviation over seeds {seeds} (held-out prompts; the student at K steps, its own "
+        "teacher at N). 'beats teacher': seeds whose student reward is above the teacher's; 'hacking': seeds "
+        "flagging reward hacking (reward above the base model's at K while judge accuracy or FID is worse "
+        "than the base's at K or the teacher's).",
         "",
-        "| variant | " + " | ".join(h for _, h in present) + " | beats teacher | overtaking step |",
-        "|---|" + "---:|" * len(present) + "---:|---|",
+        "| variant | " + " | ".join(h for _, h in present) + " | beats teacher | hacking | overtaking step |",
+        "|---|" + "---:|" * len(present) + "---:|---:|---|",
     ]
     for name, row in table.items():
-        cells = [f"{row[k]:.4g}" if row.get(k) is not None else "" for k, _ in present]
+        cells = [_cell(row, k) for k, _ in present]
         steps = ", ".join("never" if s is None else str(s) for s in row["overtake_steps"])
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['student_beats_teacher']}/{row['runs']} | {steps} |")
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {row['student_beats_teacher']}/{row['runs']} | {row['reward_hacking']}/{row['runs']} | {steps} |")
+    base = next((r for r in table.values() if r.get("base_reward") is not None), None)
+    if base is not None:
+        parts = [f"reward {base['base_reward']:.4g}"]
+        parts += [f"judge {base['base_judge_accuracy']:.4g}"] if base.get("base_judge_accuracy") is not None else []
+        parts += [f"FID {base['base_fid']:.4g}"] if base.get("base_fid") is not None else []
+        at_n = [f"reward {base['base_teacher_steps_reward']:.4g}"] if base.get("base_teacher_steps_reward") is not None else []
+        at_n += [f"judge {base['base_teacher_steps_judge_accuracy']:.4g}"] \
+            if base.get("base_teacher_steps_judge_accuracy") is not None else []
+        at_n += [f"FID {base['base_teacher_steps_fid']:.4g}"] if base.get("base_teacher_steps_fid") is not None else []
+        lines += ["", "The base model (the same in every variant): at K steps " + ", ".join(parts)
+                  + ("; at N steps " + ", ".join(at_n) if at_n else "") + "."]
     return "\n".join(lines)
 
 

@@ -108,23 +108,8 @@ class RunFolder:
         return path
 
     def write_config(self, cfg: Any) -> None:
-        """``config.yaml``: the resolved config, with paths that name existing files made absolute (the
-        YAML's were relative to its own folder; the run folder lives elsewhere)."""
-        def absolute(value: Any) -> Any:
-            if isinstance(value, str) and value and not os.path.isabs(value):
-                candidate = cfg.resolve_path(value)
-                if candidate.exists():
-                    return str(candidate.resolve())
-            return value
-
-        resolved = cfg.to_dict()
-        resolved["output_dir"] = str(self.path)
-        for section, key in (("data", "prompts"), ("data", "eval_prompts"), ("eval", "prompts")):
-            resolved[section][key] = absolute(resolved[section][key])
-        resolved["backbone"]["path"] = absolute(resolved["backbone"].get("path"))
-        for r in resolved["rewards"]:
-            if "path" in r:
-                r["path"] = absolute(r["path"])
+        """``config.yaml``: the resolved config (:func:`resolved_config`)."""
+        resolved = resolved_config(cfg, self.path)
         text = "# resolved configuration of this run; rerun with: rats-run config.yaml\n" + yaml.safe_dump(
             resolved, sort_keys=False
         )
@@ -155,3 +140,25 @@ class RunFolder:
                 if folder == self.created or folder.parent == folder:
                     return
                 folder = folder.parent
+
+
+def resolved_config(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """The config as a run folder's ``config.yaml`` holds it: ``output_dir`` is the folder, and paths
+    that name existing files are made absolute (the YAML's were relative to its own folder; the run
+    folder lives elsewhere)."""
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            candidate = cfg.resolve_path(value)
+            if candidate.exists():
+                return str(candidate.resolve())
+        return value
+
+    resolved = cfg.to_dict()
+    resolved["output_dir"] = str(run_dir)
+    for section, key in (("data", "prompts"), ("data", "eval_prompts"), ("eval", "prompts")):
+        resolved[section][key] = absolute(resolved[section][key])
+    resolved["backbone"]["path"] = absolute(resolved["backbone"].get("path"))
+    for r in resolved["rewards"]:
+        if "path" in r:
+            r["path"] = absolute(r["path"])
+    return resolved

@@ -36,7 +36,49 @@ def test_ablate_runs_variants_and_writes_one_table(tmp_path, capsys):
     # the reward-only variant really ran with a zero gate
     rows = [json.loads(x) for x in (root / "reward-only" / "seed0" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["gate_mean"] == 0.0 for r in rows)
-    assert "| paper |" in (root / "ablation.md").read_text()
+    md = (root / "ablation.md").read_text()
+    assert "| paper |" in md and " ± " in md  # mean ± sd over the two seeds
+    assert data["summary"]["paper"]["student_reward_sd"] is not None
+    capsys.readouterr()
+
+    # a second call reuses the finished runs (nothing trains again) and writes the same table
+    stamp = (root / "paper" / "seed0" / "metrics.jsonl").stat().st_mtime_ns
+    assert main(["ablate", str(path), "--variants", str(variants), "--seeds", "0,1", "train.threads=1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("reusing its report.json") == 4
+    assert (root / "paper" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    assert json.loads((root / "ablation.json").read_text())["summary"] == data["summary"]
+
+    # a finished run of another configuration in the same folder is refused, naming the difference
+    assert main(["ablate", str(path), "--variants", str(variants), "--seeds", "0", "train.lr=0.02"]) == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "train.lr" in err and "Traceback" not in err
+
+
+def test_ablate_resumes_an_interrupted_run(tmp_path, capsys):
+    """A run folder with checkpoints but no report (a killed ablation) continues from its checkpoint."""
+    cfg = {
+        "seed": 0, "output_dir": str(tmp_path / "run"), "backbone": {"name": "toy"}, "student": {"steps": 2},
+        "teacher": {"steps": 8}, "rewards": [{"name": "toy-brightness"}],
+        "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "progress": False},
+        "data": {"prompts": ["a cat"]}, "eval": {"prompts": ["a cow", "a bee"]},
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["ablate", str(path), "--only", "rats"]) == 0
+    run = tmp_path / "run" / "ablation" / "rats" / "seed0"
+    full = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # pretend the run was killed after step 2: drop what came later
+    import shutil
+    (run / "report.json").unlink()
+    shutil.rmtree(run / "checkpoints" / "step_00000004")
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full if r.get("step", 0) <= 2))
+    capsys.readouterr()
+    assert main(["ablate", str(path), "--only", "rats"]) == 0
+    assert "resumed from" in capsys.readouterr().err
+    again = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in again if "loss" in r] == [r["step"] for r in full if "loss" in r]
+    assert (run / "report.json").is_file()
 
 
 def test_ablate_rejects_unknown_variant_before_training(tmp_path, capsys):
