@@ -166,9 +166,33 @@ class Metric(Protocol):
 
         def brightness(images, prompts):
             return {"brightness": images.mean().item()}
+
+    Optional: a metric that judges each image (a GenEval-style detector) may also offer
+    ``marks(images, prompts) -> list[tuple[bool, str]]``: per image, right or wrong and a short note
+    (e.g. ``(False, "count, shape")``). The report's sample grid then frames every image green or
+    red and prints the note.
     """
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]: ...
+
+
+def metric_marks(metrics: Sequence[tuple[str, Any]], images: Tensor, prompts: Sequence[str]) -> list[tuple[bool, str]] | None:
+    """The per-image marks of the first metric offering ``marks`` (see :class:`Metric`), checked; None
+    when no configured metric marks images."""
+    from .errors import PluginError
+
+    for name, metric in metrics:
+        fn = getattr(metric, "marks", None)
+        if not callable(fn):
+            continue
+        try:
+            marks = [(bool(ok), str(note)) for ok, note in fn(images, list(prompts))]
+        except Exception as exc:
+            raise PluginError(f"metric '{name}': marks() raised {type(exc).__name__}: {exc}") from exc
+        if len(marks) != len(prompts):
+            raise PluginError(f"metric '{name}': marks() returned {len(marks)} marks for {len(prompts)} images")
+        return marks
+    return None
 
 
 def check_reward_output(name: str, scores: Any, batch_size: int) -> Tensor:

@@ -193,12 +193,15 @@ def image_grid(
     scores: dict[str, Tensor] | None = None,
     score_name: str = "reward",
     title: str | None = None,
+    marks: dict[str, Sequence[tuple[bool, str]]] | None = None,
 ) -> Path:
     """One row per model, one column per prompt (the same noise down each column).
 
     ``rows`` maps the keys of ``images`` to row titles, in display order (default: the training
     report's variants, titled from ``results``' step counts). ``scores`` gives a number to print above
-    each image. Prompts are printed under the bottom row.
+    each image; ``marks`` a judge's verdict per image (``(right, note)``): a green or red frame, and
+    ✓ or ✗ with the note above the image. Prompts are printed under the bottom row. Small images
+    are drawn with nearest-neighbour upscaling (every pixel a visible block, nothing invented).
     """
     plt = _pyplot()
     if rows is None:
@@ -210,7 +213,8 @@ def image_grid(
     cols = max(1, min(columns, len(prompts), *(len(images[k]) for k in keys)))
     cell = 2.1
     # room for the score above each image and the wrapped prompt under the bottom row
-    height = (cell + (0.3 if scores is not None else 0)) * len(keys) + 1.1 + (0.4 if title else 0)
+    head = (0.3 if scores is not None else 0) + (0.3 if marks is not None else 0)
+    height = (cell + head) * len(keys) + 1.1 + (0.4 if title else 0)
     fig, axes = plt.subplots(len(keys), cols, figsize=(cell * cols + 1.4, height), squeeze=False)
     for i, key in enumerate(keys):
         for j in range(cols):
@@ -219,8 +223,17 @@ def image_grid(
             ax.imshow(img, interpolation="nearest" if img.shape[0] < 128 else "antialiased")
             ax.set_xticks([])
             ax.set_yticks([])
-            if scores is not None and key in scores:
-                ax.set_title(f"{score_name} {float(scores[key][j]):.3g}", fontsize=9, pad=3)
+            head = f"{score_name} {float(scores[key][j]):.3g}" if scores is not None and key in scores else ""
+            colour = "black"
+            if marks is not None and key in marks:
+                ok, note = marks[key][j]
+                colour = "#1a9641" if ok else "#d7191c"
+                head = (head + "\n" if head else "") + ("✓ right" if ok else "✗ " + (note or "wrong"))
+                for side in ax.spines.values():
+                    side.set_edgecolor(colour)
+                    side.set_linewidth(3)
+            if head:
+                ax.set_title(head, fontsize=8 if "\n" in head else 9, pad=3, color=colour)
             if i == len(keys) - 1:
                 ax.set_xlabel(_wrap(prompts[j], 22), fontsize=9)
             if j == 0:
@@ -332,9 +345,10 @@ def write_report(
     prompts: Sequence[str],
     history: Sequence[dict[str, Any]],
     scores: dict[str, Tensor] | None = None,
+    marks: dict[str, Sequence[tuple[bool, str]]] | None = None,
 ) -> dict[str, Any]:
     """report.md, report.json and report/*.png. ``scores``: each image's combined reward, per variant
-    (printed above the grid's images)."""
+    (printed above the grid's images); ``marks``: a judge metric's per-image verdicts, per variant."""
     output_dir = Path(output_dir)
     report_dir = output_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -374,8 +388,10 @@ def write_report(
     image_grid({k: v[cols] for k, v in images.items()}, [prompts[i] for i in cols], report_dir / "grid.png",
                columns=len(cols), results=results,
                scores={k: v[cols] for k, v in scores.items()} if scores else None,
+               marks={k: [v[i] for i in cols] for k, v in marks.items()} if marks else None,
                title="Held-out samples: the same prompt and initial noise down each column"
-               + ("; above each image: its reward" if scores else ""))
+               + ("; above each image: its reward" if scores else "")
+               + ("; frame: the judge's verdict (green right, red wrong)" if marks else ""))
     curves = training_curves(history, report_dir / "curves.png", step)
     reward_vs_nfe(
         nested_results(results), report_dir / "reward_vs_nfe.png", reference_steps=n,

@@ -124,3 +124,38 @@ def test_eval_json_is_readable_by_others(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(paths["json"].stat().st_mode) == 0o644
     assert json.loads(paths["json"].read_text())["backbone"] == "toy"
+
+
+def test_grid_marks_each_image_with_the_judges_verdict(tmp_path):
+    """A judge metric's marks frame each image green (right) or red (wrong, with what was wrong)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    from rats_core.report import image_grid
+
+    captured = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, path, *a, **k):
+        captured["fig"] = fig
+        return real_savefig(fig, path, *a, **k)
+
+    plt.Figure.savefig = keep
+    try:
+        images = {"base": torch.rand(2, 3, 32, 32), "student": torch.rand(2, 3, 32, 32)}
+        marks = {"base": [(False, "count, shape"), (True, "")], "student": [(True, ""), (True, "")]}
+        path = image_grid(images, ["two red circles", "a blue square"], tmp_path / "g.png", columns=2,
+                          rows={"base": "base", "student": "student"}, marks=marks)
+    finally:
+        plt.Figure.savefig = real_savefig
+    axes = captured["fig"].axes
+    titles = [ax.get_title() for ax in axes]
+    assert titles == ["✗ count, shape", "✓ right", "✓ right", "✓ right"]
+    frame = [tuple(np.round(ax.spines["left"].get_edgecolor()[:3], 2)) for ax in axes]
+    red, green = (0.84, 0.1, 0.11), (0.1, 0.59, 0.25)
+    assert frame == [red, green, green, green]
+    assert path.stat().st_size > 0

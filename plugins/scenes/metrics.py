@@ -53,6 +53,16 @@ class SceneJudge:
         """Per image: ``{count, colour, shape, relation (None for counting prompts), all}`` right/wrong."""
         return grade(self.model, images, list(prompts))
 
+    def marks(self, images: Tensor, prompts: Sequence[str]) -> list[tuple[bool, str]]:
+        """Per image: fully right, or wrong with the categories it got wrong (the report's grid)."""
+        short = {"count": "count", "colour": "colour", "shape": "shape", "relation": "relation"}
+        out = []
+        for g in self.grades(images, prompts):
+            wrong = ", ".join(v for k, v in short.items() if g.get(k) is False)
+            # every category right but not the whole table: an attribute went to the wrong object
+            out.append((bool(g["all"]), "" if g["all"] else wrong or "binding"))
+        return out
+
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
         acc = summarise(self.grades(images, prompts))

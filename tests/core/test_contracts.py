@@ -118,6 +118,12 @@ def check_metric(metric) -> None:
     assert isinstance(out, dict) and out, "a metric returns a non-empty dict of named floats"
     for key, value in out.items():
         assert isinstance(key, str) and isinstance(value, float) and not math.isnan(value), (key, value)
+    if callable(getattr(metric, "marks", None)):  # optional per-image verdicts for the report's grid
+        from rats_core.interfaces import metric_marks
+
+        marks = metric_marks([("metric", metric)], torch.rand(4, 3, 32, 32), prompts_for(metric, 4))
+        assert len(marks) == 4 and all(isinstance(ok, bool) and isinstance(note, str) for ok, note in marks)
+        assert all(note for ok, note in marks if not ok), "a wrong image says what was wrong"
 
 
 def check_backbone(backbone) -> None:
