@@ -149,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_fn", None):
         parser.print_help()
         return 2
+    if args.command in WEIGHTED_COMMANDS and args.command != "validate":
+        from .progress import quiet_library_progress
+
+        quiet_library_progress()
     fn = _with_threads(args._fn) if hasattr(args, "threads") and args.command in THREADED_COMMANDS else args._fn
     return _run_guarded(fn, args)
 
@@ -164,6 +168,9 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     # the `deepspeed` launcher appends --local_rank=N; the rank is read from the environment instead
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_intermixed_args(argv)
+    from .progress import quiet_library_progress
+
+    quiet_library_progress()
     return _run_guarded(cmd_run, args)
 
 

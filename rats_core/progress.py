@@ -142,3 +142,22 @@ def quiet_library_warnings() -> None:
         return
     for module in (r"torch\.distributed", r"deepspeed", r"torch\.utils\._pytree", r"torch\.cuda\.amp"):
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+
+
+def quiet_library_progress(stream: TextIO | None = None) -> None:
+    """In a log (stderr not a terminal), drop the Hugging Face libraries' own progress bars ("Loading
+    weights", "Writing model shards", "Loading pipeline components"): in a file each is a line of
+    carriage-return frames that buries rats' own progress lines. On a terminal they stay. An explicit
+    ``HF_HUB_DISABLE_PROGRESS_BARS`` is respected."""
+    if is_terminal(stream or sys.stderr):
+        return
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] not in ("1", "true", "True", "yes"):
+        return
+    try:
+        from diffusers.utils import logging as diffusers_logging
+    except Exception:  # diffusers not installed or not importable: nothing of it to quiet
+        return
+    diffusers_logging.disable_progress_bar()

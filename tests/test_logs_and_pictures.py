@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import io
 import json
 import stat
@@ -159,3 +160,31 @@ def test_grid_marks_each_image_with_the_judges_verdict(tmp_path):
     red, green = (0.84, 0.1, 0.11), (0.1, 0.59, 0.25)
     assert frame == [red, green, green, green]
     assert path.stat().st_size > 0
+
+
+def test_library_progress_bars_leave_logs_but_not_terminals(monkeypatch):
+    """Hugging Face's own bars ("Loading weights", "Writing model shards") are dropped when stderr is a
+    log file, kept on a terminal, and an explicit HF_HUB_DISABLE_PROGRESS_BARS wins."""
+    import io
+
+    from diffusers.utils import logging as dlog
+
+    from rats_core import progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    dlog.enable_progress_bar()
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    progress.quiet_library_progress(Tty())
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ and dlog.is_progress_bar_enabled()
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+    progress.quiet_library_progress(io.StringIO())
+    assert dlog.is_progress_bar_enabled()
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
+    progress.quiet_library_progress(io.StringIO())
+    try:
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and not dlog.is_progress_bar_enabled()
+    finally:
+        dlog.enable_progress_bar()
