@@ -61,6 +61,9 @@ def test_shipped_prompt_files_are_the_split():
     root = Path(__file__).resolve().parents[2] / "experiments" / "prompts"
     assert (root / "scenes_train.txt").read_text().split("\n")[:-1] == world.split_prompts("train")
     assert (root / "scenes_heldout.txt").read_text().split("\n")[:-1] == world.split_prompts("heldout")
+    # the validation prompts (for choosing hyperparameters) are train combinations, never held-out ones
+    val = (root / "scenes_val.txt").read_text().split("\n")[:-1]
+    assert len(val) == len(set(val)) == 121 and set(val) <= set(world.split_prompts("train"))
 
 
 # ----------------------------------------------------------------------------- rendering
