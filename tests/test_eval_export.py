@@ -301,23 +301,8 @@ TINY = Path(__file__).resolve().parent / "plugins" / "tiny_pipelines.py"
 
 LOAD_WITHOUT_RATS = textwrap.dedent(
     """
-    import sys, glob, os, importlib.util
+    import sys, os, json
     import torch
-    # The CPU torchvision guard of ENV.md, defined here so that this process never imports rats.
-    spec = importlib.util.find_spec("torchvision")
-    if spec is not None:
-        folder = list(spec.submodule_search_locations)[0]
-        ok = False
-        for lib in glob.glob(os.path.join(folder, "_C*.so")):
-            try:
-                torch.ops.load_library(lib); ok = True
-            except (OSError, RuntimeError):
-                pass
-        if not ok:
-            keep = torch.library.Library("torchvision", "FRAGMENT")
-            keep.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            keep.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    import json
     from diffusers import DiffusionPipeline
     pipe = DiffusionPipeline.from_pretrained(sys.argv[1])
     steps = json.load(open(os.path.join(sys.argv[1], "rats_export.json")))["num_inference_steps"]
@@ -332,11 +317,9 @@ LOAD_WITHOUT_RATS = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SD15.is_file() and TINY.is_file()), reason="needs the sd15 backbone and tiny_pipelines")
-def test_tiny_sd15_export_loads_in_plain_diffusers(tmp_path):
+def test_tiny_sd15_export_loads_in_plain_diffusers(tmp_path, run_without_rats):
     """The "no test-time overhead" claim: the exported student is an ordinary diffusers pipeline."""
     import importlib.util
-    import subprocess
-    import sys
 
     spec = importlib.util.spec_from_file_location("tiny_pipelines", TINY)
     tiny = importlib.util.module_from_spec(spec)
@@ -361,7 +344,6 @@ def test_tiny_sd15_export_loads_in_plain_diffusers(tmp_path):
     assert manifest["num_inference_steps"] == 2 and manifest["lora_merged"] is True
     assert manifest["run"]["checkpoint_step"] == 1 and manifest["run"]["content"] == "merged lora"
     png = tmp_path / "plain.png"
-    proc = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_RATS, str(out), str(png)],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_without_rats(LOAD_WITHOUT_RATS, out, png, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _png(png).size == (tiny.RESOLUTION, tiny.RESOLUTION)

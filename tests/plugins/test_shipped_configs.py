@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,25 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = ("sd15", "sdxl", "pixart", "flux")
 #: what each shipped config promises (checked against the YAML, so an edited config updates this test)
 KEYS = ("backbone.dtype", "backbone.denoiser_dtype", "train.precision", "student.lora", "deepspeed.zero_optimization.stage")
-
-#: the CPU torchvision guard of ENV.md, defined without importing rats (CPU installs need it for plain
-#: diffusers; a GPU install with a matching torchvision leaves it unused)
-GUARD = """\
-import glob, os, importlib.util, torch
-_spec = importlib.util.find_spec("torchvision")
-if _spec is not None:
-    _ok = False
-    for _lib in glob.glob(os.path.join(list(_spec.submodule_search_locations)[0], "_C*.so")):
-        try:
-            torch.ops.load_library(_lib); _ok = True
-        except (OSError, RuntimeError):
-            pass
-    if not _ok:
-        _keep = torch.library.Library("torchvision", "FRAGMENT")
-        _keep.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _keep.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-"""
-
 
 def documented_snippet() -> str:
     """The python block of docs/eval.md that loads an export with plain diffusers."""
@@ -87,7 +66,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_combination_trains_and_its_export_loads_with_the_documented_snippet(name, tiny_dir, tmp_path):
+def test_shipped_combination_trains_and_its_export_loads_with_the_documented_snippet(name, tiny_dir, tmp_path, run_without_rats):
     from rats_core.cli import main, run_main
 
     path = REPO / "experiments" / f"{name}.yaml"
@@ -110,10 +89,9 @@ def test_shipped_combination_trains_and_its_export_loads_with_the_documented_sni
     assert main(["export", str(out), "-o", str(export)]) == 0
     manifest = json.loads((export / "rats_export.json").read_text())
     assert manifest["dtype"] == "float32" and manifest["run"]["checkpoint_step"] == 2
-    script = GUARD + documented_snippet().replace("sd15-rats-2step", str(export)).replace(
+    script = documented_snippet().replace("sd15-rats-2step", str(export)).replace(
         'image.save("cat.png")', f'image.save({str(tmp_path / "cat.png")!r})')
-    script += "\nimport sys\nassert not any(m.startswith(('rats_core', 'rats_plugins')) for m in sys.modules)\n"
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = run_without_rats(script, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from PIL import Image
 

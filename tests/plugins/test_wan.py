@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -492,22 +489,8 @@ def test_experiment_config_validates():
 
 LOAD_WITHOUT_RATS = textwrap.dedent(
     """
-    import sys, glob, os, importlib.util, json
+    import sys, os, json
     import torch
-    # The CPU torchvision guard of ENV.md, defined here so that this process never imports rats.
-    spec = importlib.util.find_spec("torchvision")
-    if spec is not None:
-        folder = list(spec.submodule_search_locations)[0]
-        ok = False
-        for lib in glob.glob(os.path.join(folder, "_C*.so")):
-            try:
-                torch.ops.load_library(lib); ok = True
-            except (OSError, RuntimeError):
-                pass
-        if not ok:
-            keep = torch.library.Library("torchvision", "FRAGMENT")
-            keep.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            keep.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     from diffusers import WanPipeline
     pipe = WanPipeline.from_pretrained(sys.argv[1])
     call = json.load(open(os.path.join(sys.argv[1], "rats_export.json")))["call"]
@@ -521,7 +504,7 @@ LOAD_WITHOUT_RATS = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_rats_run_on_the_experiment_config_trains_and_exports_for_plain_diffusers(folder, tmp_path):
+def test_rats_run_on_the_experiment_config_trains_and_exports_for_plain_diffusers(folder, tmp_path, run_without_rats):
     """The issue's "done when": ``rats-run experiments/wan.yaml backbone.path=<tiny Wan>`` trains a few
     steps (LoRA, EMA teacher, a frame-wise image reward) and exports a folder that ``WanPipeline`` alone
     samples, in a process that never imports rats."""
@@ -553,8 +536,7 @@ def test_rats_run_on_the_experiment_config_trains_and_exports_for_plain_diffuser
     manifest = json.loads((export / "rats_export.json").read_text())
     assert manifest["pipeline"] == "WanPipeline" and manifest["num_inference_steps"] == 2
     assert manifest["lora_merged"] is True and manifest["call"]["num_frames"] == tiny.NUM_FRAMES
-    proc = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_RATS, str(export)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = run_without_rats(LOAD_WITHOUT_RATS, export, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"shape": [tiny.NUM_FRAMES, tiny.RESOLUTION, tiny.RESOLUTION, 3], "finite": True,
