@@ -20,8 +20,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
 
-#: the order variants are shown in, when present
-ORDER = ("base", "base_teacher_steps", "teacher", "student")
+#: the human names of the report's variants (shown base, teacher, student; see _ordered)
 LABELS = {
     "base": "base model",
     "base_teacher_steps": "base model",
@@ -31,19 +30,28 @@ LABELS = {
 
 
 def _label(label: str) -> str:
-    """Human name of a training-report variant (``student_4`` is the student sampled with 4 steps)."""
-    if label.startswith("student_"):
-        return LABELS["student"]
+    """Human name of a training-report variant (``student_4`` is the student sampled with 4 steps,
+    ``base_4`` the base model)."""
+    head, _, tail = label.rpartition("_")
+    if tail.isdigit() and head in LABELS:
+        return LABELS[head]
     return LABELS.get(label, label)
 
 
-def _ordered(labels: Sequence[str]) -> list[str]:
-    def natural(label: str) -> tuple[str, int]:  # student_2 before student_10
-        head, _, tail = label.rpartition("_")
-        return (head, int(tail)) if tail.isdigit() else (label, 0)
+def _ordered(labels: Sequence[str], results: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Base model, teacher, student, then anything else; within each by sampler steps (``results``'
+    ``steps``, else the number a label ends with): base 1, 2, 4, 50 steps, teacher, student 1, 2, 4."""
+    group = {"base": 0, "base_teacher_steps": 0, "teacher": 1, "student": 2}
 
-    known = [x for x in ORDER if x in labels]
-    return known + sorted((x for x in labels if x not in known), key=natural)
+    def key(label: str) -> tuple[int, float, str]:
+        head, _, tail = label.rpartition("_")
+        numbered = tail.isdigit() and head in group
+        steps = (results or {}).get(label, {}).get("steps")
+        if not isinstance(steps, (int, float)):
+            steps = int(tail) if numbered else float("inf") if label == "base_teacher_steps" else 0
+        return (group.get(head if numbered else label, len(group)), float(steps), label)
+
+    return sorted(labels, key=key)
 
 
 def smooth(values: Sequence[float], window: int) -> list[float]:
@@ -157,7 +165,7 @@ def _history_line(history: Sequence[dict[str, Any]]) -> str:
 
 
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
-    labels = _ordered(list(results))
+    labels = _ordered(list(results), results)
     skip = {"steps", "n"}
     keys: list[str] = []
     for lab in labels:
@@ -206,7 +214,7 @@ def image_grid(
     plt = _pyplot()
     if rows is None:
         rows = {}
-        for lab in _ordered(list(images)):
+        for lab in _ordered(list(images), results):
             steps = results[lab]["steps"] if results and lab in results else None
             rows[lab] = _label(lab) + (f"\n{steps_label(steps)}" if steps is not None else "")
     keys = [k for k in rows if k in images]

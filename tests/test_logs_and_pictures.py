@@ -188,3 +188,15 @@ def test_library_progress_bars_leave_logs_but_not_terminals(monkeypatch):
         assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and not dlog.is_progress_bar_enabled()
     finally:
         dlog.enable_progress_bar()
+
+
+def test_report_rows_read_base_teacher_student_by_steps():
+    from rats_core.report import markdown_table
+
+    results = {k: {"steps": s, "reward": 1.0} for k, s in (
+        ("base", 2), ("base_teacher_steps", 50), ("teacher", 50), ("student", 2),
+        ("base_1", 1), ("base_4", 4), ("student_1", 1), ("student_4", 4))}
+    rows = [line.split("|")[1:3] for line in markdown_table(results).splitlines()[2:]]
+    assert [(name.strip(), int(steps)) for name, steps in rows] == [
+        ("base model", 1), ("base model", 2), ("base model", 4), ("base model", 50), ("teacher", 50),
+        ("RATS student", 1), ("RATS student", 2), ("RATS student", 4)]
