@@ -556,6 +556,7 @@ def reward_vs_nfe(
 #: are labelled "value" without a direction
 METRIC_DIRECTIONS: tuple[tuple[str, str], ...] = (
     ("fid", "lower"), ("kid", "lower"), ("distance", "lower"), ("lpips", "lower"), ("error", "lower"),
+    ("malformed", "lower"),
     ("loss", "lower"), ("accuracy", "higher"), ("precision", "higher"), ("recall", "higher"),
     ("score", "higher"), ("reward", "higher"), ("clip", "higher"), ("ssim", "higher"), ("psnr", "higher"),
 )

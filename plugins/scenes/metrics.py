@@ -2,7 +2,9 @@
 
 ``scene-judge`` -> ``judge_accuracy`` (the whole prompt right: every count, colour, shape and the
 relation) and the per-category accuracies ``judge_count``, ``judge_colour``, ``judge_shape``,
-``judge_relation`` (relation prompts only); see :mod:`rats_plugins.scenes.judge`.
+``judge_relation`` (relation prompts only); see :mod:`rats_plugins.scenes.judge`. Also
+``judge_malformed_rate``, a diagnostic outside the verdict: the share of images in which the judge sees
+at least one malformed object (ragged, star-shaped, smeared or squashed -- its near-miss class).
 
 ``scene-fid`` -> ``fid``: the Fréchet distance between Gaussians fitted to the judge's 64-d features
 of the images and of real renders of the *same prompts* (a fixed render seed). With a few hundred
@@ -25,7 +27,7 @@ from rats_core.errors import WeightsNotFoundError
 from ..fid import feature_stats as _stats
 from ..fid import frechet_distance
 from . import world
-from .judge import grade, load_judge, summarise, to_judge_input
+from .judge import grade, grade_one, load_judge, read, summarise, to_judge_input
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 #: the render seed of the real reference images of scene-fid
@@ -65,9 +67,14 @@ class SceneJudge:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
-        acc = summarise(self.grades(images, prompts))
+        if len(images) != len(prompts):
+            raise ValueError(f"scene-judge: {len(images)} images but {len(prompts)} prompts")
+        counts, centres = read(self.model, images)
+        acc = summarise([grade_one(world.parse(p), counts[i], centres[i]) for i, p in enumerate(prompts)])
         out = {"judge_accuracy": acc["all"]}
         out.update({f"judge_{k}": v for k, v in acc.items() if k != "all"})
+        # a diagnostic, not a criterion: how often the judge sees a malformed object (its near-miss class)
+        out["judge_malformed_rate"] = float((counts[..., world.JUDGE_SHAPES.index(world.BLOB)].sum(-1) > 0).mean())
         return out
 
 

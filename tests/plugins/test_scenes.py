@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -235,3 +237,25 @@ def test_density_target_round_trips_to_the_labels():
     x = torch.rand(2, 3, 32, 32)
     assert net(x).shape == (2, 6, 4, 8, 8) and net.features(x).shape == (2, 64)
     assert counts_and_centres(net(x))[0].sum() == 0  # an untrained judge sees nothing, not everything
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "plugins" / "scenes" / "weights" / "judge").is_dir(),
+                    reason="judge weights not built")
+def test_scene_judge_reports_how_often_it_sees_malformed_objects():
+    """judge_malformed_rate: ~0 on clean renders, high when every object is a near miss."""
+    from rats_plugins.scenes.metrics import SceneJudge
+
+    judge = SceneJudge()
+    prompts = world.split_prompts("heldout")[:60]
+    clean = torch.from_numpy(world.render_batch(prompts, 11))
+    rng = np.random.default_rng(11)
+    broken = []
+    for p in prompts:
+        objs = world.layout(world.parse(p), rng)
+        for o in objs:
+            world.malform(o, rng)
+        broken.append(world.draw(objs, world.background(rng), rng))
+    clean_rate = judge(clean, prompts)["judge_malformed_rate"]
+    broken_out = judge(torch.from_numpy(np.stack(broken)), prompts)
+    assert clean_rate <= 0.05 and broken_out["judge_malformed_rate"] >= 0.8, (clean_rate, broken_out)
+    assert broken_out["judge_shape"] <= 0.2
