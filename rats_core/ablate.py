@@ -195,7 +195,11 @@ def _cell(row: dict[str, Any], key: str) -> str:
     mean, sd = row.get(key), row.get(f"{key}_sd")
     if mean is None:
         return ""
-    return f"{mean:.4g} ± {sd:.2g}" if sd is not None else f"{mean:.4g}"
+    text = f"{mean:.4g}"
+    if sd is None:
+        return text
+    decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 0
+    return f"{text} ± {sd:.{decimals}f}"  # the spread to the mean's last shown digit
 
 
 def markdown(table: dict[str, dict[str, Any]], seeds: list[int]) -> str:
