@@ -228,15 +228,15 @@ def markdown(table: dict[str, dict[str, Any]], seeds: list[int]) -> str:
                      + f" | {row['student_beats_teacher']}/{row['runs']} | {row['reward_hacking']}/{row['runs']} | {steps} |")
     base = next((r for r in table.values() if r.get("base_reward") is not None), None)
     if base is not None:
-        parts = [f"reward {base['base_reward']:.4g}"]
-        parts += [f"judge {base['base_judge_accuracy']:.4g}"] if base.get("base_judge_accuracy") is not None else []
-        parts += [f"FID {base['base_fid']:.4g}"] if base.get("base_fid") is not None else []
-        at_n = [f"reward {base['base_teacher_steps_reward']:.4g}"] if base.get("base_teacher_steps_reward") is not None else []
-        at_n += [f"judge {base['base_teacher_steps_judge_accuracy']:.4g}"] \
-            if base.get("base_teacher_steps_judge_accuracy") is not None else []
-        at_n += [f"FID {base['base_teacher_steps_fid']:.4g}"] if base.get("base_teacher_steps_fid") is not None else []
-        lines += ["", "The base model (the same in every variant): at K steps " + ", ".join(parts)
-                  + ("; at N steps " + ", ".join(at_n) if at_n else "") + "."]
+        names = {"reward": "reward", "judge_accuracy": "judge", "fid": "FID"}
+
+        def numbers(who: str) -> str:
+            return ", ".join(f"{name} {base[f'{who}_{col}']:.4g}" for col, name in names.items()
+                             if base.get(f"{who}_{col}") is not None)
+
+        at_n = numbers("base_teacher_steps")
+        lines += ["", "The base model (the same in every variant): at K steps " + numbers("base")
+                  + (f"; at N steps {at_n}" if at_n else "") + "."]
     return "\n".join(lines)
 
 

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from .commands import arg, command
-from .prompts import load_prompts
 from .interfaces import metric_marks
+from .prompts import load_prompts
 from .rollout import rollout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -290,13 +290,8 @@ def end_of_run_report(trainer: "Trainer") -> dict[str, Any] | None:
 
     # the whole run's records: after a resume, trainer.history holds only this process's steps
     history = run_history(trainer.output_dir, trainer.history, last_step=trainer.step)
-    marks = {}
-    for label, imgs in images.items():
-        m = metric_marks(metrics, imgs, expanded)
-        if m is not None:
-            marks[label] = m
     return write_report(trainer.output_dir, cfg, results, images, expanded, history, scores=per_image,
-                        marks=marks or None)
+                        mark=lambda imgs, prompts: metric_marks(metrics, imgs, prompts))
 
 
 def load_history(run_dir: Path) -> list[dict[str, float]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from torch import Tensor
 
@@ -222,8 +222,14 @@ def image_grid(
     cell = 2.1
     # room for the score above each image and the wrapped prompt under the bottom row
     head = (0.3 if scores is not None else 0) + (0.3 if marks is not None else 0)
-    height = (cell + head) * len(keys) + 1.1 + (0.4 if title else 0)
-    fig, axes = plt.subplots(len(keys), cols, figsize=(cell * cols + 1.4, height), squeeze=False)
+    width = cell * cols + 1.4
+    if title:  # wrapped to the figure's width (about 11 characters per inch at this size)
+        import textwrap
+
+        title = textwrap.fill(title, max(30, int(width * 11)))
+    title_height = 0.4 * (title.count("\n") + 1) if title else 0
+    height = (cell + head) * len(keys) + 1.1 + title_height
+    fig, axes = plt.subplots(len(keys), cols, figsize=(width, height), squeeze=False)
     for i, key in enumerate(keys):
         for j in range(cols):
             ax = axes[i][j]
@@ -248,7 +254,7 @@ def image_grid(
                 ax.set_ylabel(rows[key], fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height) if title else None)
+    fig.tight_layout(rect=(0, 0, 1, 1 - title_height / height) if title else None)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -353,10 +359,11 @@ def write_report(
     prompts: Sequence[str],
     history: Sequence[dict[str, Any]],
     scores: dict[str, Tensor] | None = None,
-    marks: dict[str, Sequence[tuple[bool, str]]] | None = None,
+    mark: Callable[[Tensor, Sequence[str]], Sequence[tuple[bool, str]] | None] | None = None,
 ) -> dict[str, Any]:
     """report.md, report.json and report/*.png. ``scores``: each image's combined reward, per variant
-    (printed above the grid's images); ``marks``: a judge metric's per-image verdicts, per variant."""
+    (printed above the grid's images); ``mark(images, prompts)``: a judge metric's per-image verdicts
+    (:func:`rats_core.interfaces.metric_marks`), asked for the grid's images only."""
     output_dir = Path(output_dir)
     report_dir = output_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -393,10 +400,16 @@ def write_report(
     }
     write_json_atomic(output_dir / "report.json", report)
     cols = spread_columns(prompts, 10)
-    image_grid({k: v[cols] for k, v in images.items()}, [prompts[i] for i in cols], report_dir / "grid.png",
+    grid_prompts = [prompts[i] for i in cols]
+    marks = {}
+    for label, imgs in images.items():
+        m = mark(imgs[cols], grid_prompts) if mark is not None else None
+        if m is not None:
+            marks[label] = m
+    image_grid({k: v[cols] for k, v in images.items()}, grid_prompts, report_dir / "grid.png",
                columns=len(cols), results=results,
                scores={k: v[cols] for k, v in scores.items()} if scores else None,
-               marks={k: [v[i] for i in cols] for k, v in marks.items()} if marks else None,
+               marks=marks or None,
                title="Held-out samples: the same prompt and initial noise down each column"
                + ("; above each image: its reward" if scores else "")
                + ("; frame: the judge's verdict (green right, red wrong)" if marks else ""))

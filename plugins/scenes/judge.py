@@ -145,11 +145,14 @@ def grade_one(spec: Spec, counts: np.ndarray, centres: np.ndarray) -> dict[str, 
 
 
 def grade(model: JudgeNet, images: Tensor, prompts: Sequence[str]) -> list[dict[str, bool | None]]:
-    if len(images) != len(prompts):
-        raise ValueError(f"scenes judge: {len(images)} images but {len(prompts)} prompts")
-    specs = [parse(p) for p in prompts]
-    counts, centres = read(model, images)
-    return [grade_one(s, counts[i], centres[i]) for i, s in enumerate(specs)]
+    return grade_reading(prompts, *read(model, images))
+
+
+def grade_reading(prompts: Sequence[str], counts: np.ndarray, centres: np.ndarray) -> list[dict[str, bool | None]]:
+    """:func:`grade_one` for every prompt, from the judge's reading (:func:`read`) of its image."""
+    if len(counts) != len(prompts):
+        raise ValueError(f"scenes judge: {len(counts)} images but {len(prompts)} prompts")
+    return [grade_one(parse(p), counts[i], centres[i]) for i, p in enumerate(prompts)]
 
 
 def summarise(grades: Sequence[dict[str, bool | None]]) -> dict[str, float]:
@@ -162,4 +165,4 @@ def summarise(grades: Sequence[dict[str, bool | None]]) -> dict[str, float]:
     return out
 
 
-__all__ = ["JudgeNet", "grade", "grade_one", "summarise", "read", "load_judge", "save_judge", "SHAPES"]
+__all__ = ["JudgeNet", "grade", "grade_one", "grade_reading", "summarise", "read", "load_judge", "save_judge", "SHAPES"]

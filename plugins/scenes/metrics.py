@@ -27,7 +27,7 @@ from rats_core.errors import WeightsNotFoundError
 from ..fid import feature_stats as _stats
 from ..fid import frechet_distance
 from . import world
-from .judge import grade, grade_one, load_judge, read, summarise, to_judge_input
+from .judge import grade, grade_reading, load_judge, read, summarise, to_judge_input
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 #: the render seed of the real reference images of scene-fid
@@ -67,10 +67,8 @@ class SceneJudge:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
-        if len(images) != len(prompts):
-            raise ValueError(f"scene-judge: {len(images)} images but {len(prompts)} prompts")
         counts, centres = read(self.model, images)
-        acc = summarise([grade_one(world.parse(p), counts[i], centres[i]) for i, p in enumerate(prompts)])
+        acc = summarise(grade_reading(prompts, counts, centres))
         out = {"judge_accuracy": acc["all"]}
         out.update({f"judge_{k}": v for k, v in acc.items() if k != "all"})
         # a diagnostic, not a criterion: how often the judge sees a malformed object (its near-miss class)
