@@ -200,3 +200,27 @@ def test_report_rows_read_base_teacher_student_by_steps():
     assert [(name.strip(), int(steps)) for name, steps in rows] == [
         ("base model", 1), ("base model", 2), ("base model", 4), ("base model", 50), ("teacher", 50),
         ("RATS student", 1), ("RATS student", 2), ("RATS student", 4)]
+
+
+def test_a_metric_whose_marks_fail_is_named():
+    """marks() that raises, or returns the wrong number of marks, stops with a PluginError naming the metric."""
+    from rats_core.errors import PluginError
+    from rats_core.interfaces import metric_marks
+
+    class Raises:
+        def __call__(self, images, prompts):
+            return {}
+
+        def marks(self, images, prompts):
+            raise RuntimeError("boom")
+
+    class Short(Raises):
+        def marks(self, images, prompts):
+            return [(True, "")]
+
+    images = torch.rand(2, 3, 8, 8)
+    assert metric_marks([("plain", lambda i, p: {})], images, ["a", "b"]) is None
+    with pytest.raises(PluginError, match="metric 'judge': marks\\(\\) raised RuntimeError: boom"):
+        metric_marks([("judge", Raises())], images, ["a", "b"])
+    with pytest.raises(PluginError, match="returned 1 marks for 2 images"):
+        metric_marks([("judge", Short())], images, ["a", "b"])

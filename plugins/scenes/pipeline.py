@@ -203,7 +203,6 @@ def train_diffusion(out: Path, seed: int, minutes: float, batch: int = 32, resum
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
     ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)]
-    alphas = sched.alphas_cumprod
     budget = minutes * 60
     t_train = time.time()
     step, total = 0, 10_000
@@ -421,5 +420,4 @@ def evaluate_pipeline(out: Path, seed: int, steps=(1, 2, 4, 50), guidance: float
         r.update(fid(imgs, prompts))
         res[str(k)] = {m: round(v, 4) for m, v in r.items()}
         log(f"base at {k} steps (cfg {guidance}): {res[str(k)]} ({time.time() - t0:.0f}s)")
-        torch.save(imgs[:64], out / f"_base_samples_{k}.pt") if False else None
     return {"guidance_scale": guidance, "images": len(prompts), "results": res}
