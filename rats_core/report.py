@@ -696,8 +696,10 @@ def write_eval_report(
     grid_rows: dict[str, str],
     grid_scores: dict[str, Tensor],
     grid_prompts: Sequence[str],
+    marks: dict[str, Sequence[tuple[bool, str]]] | None = None,
 ) -> dict[str, Path]:
-    """``eval.json``, ``eval.md``, ``reward_vs_nfe.png`` and ``grid.png`` in ``out_dir``."""
+    """``eval.json``, ``eval.md``, ``reward_vs_nfe.png`` and ``grid.png`` in ``out_dir``; ``marks``: a
+    judge metric's verdict per grid image (framed green/red, see :func:`image_grid`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "eval.json", "markdown": out_dir / "eval.md",
@@ -717,6 +719,7 @@ def write_eval_report(
     )
     image_grid(
         grid_images, grid_prompts, paths["grid"], columns=len(grid_prompts), rows=grid_rows, scores=grid_scores,
-        title="Same prompt and initial noise down each column; above each image: its reward",
+        marks=marks, title="Same prompt and initial noise down each column; above each image: its reward"
+        + ("; frame: the judge's verdict (green right, red wrong)" if marks else ""),
     )
     return paths

@@ -38,3 +38,29 @@ def test_digits_experiment_short_run_writes_the_report(tmp_path, capsys):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/reward_student" in r for r in rows)
     assert (out / "export").is_dir()
+
+
+def test_rats_eval_grid_is_framed_by_the_judge(tmp_path, monkeypatch, capsys):
+    """`rats eval` asks the configured judge metric for its marks of the grid's images (as the end-of-run
+    report does) and hands them to the grid."""
+    from rats_core import report
+    from rats_core.cli import main
+
+    seen = {}
+    real = report.image_grid
+
+    def spy(images, prompts, path, *a, marks=None, **k):
+        seen["marks"], seen["prompts"] = marks, list(prompts)
+        return real(images, prompts, path, *a, marks=marks, **k)
+
+    monkeypatch.setattr(report, "image_grid", spy)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the numeral 3\na sketch of the digit seven\n")
+    rc = main(["eval", str(ROOT / "experiments" / "digits.yaml"), "--steps", "1,2", "--prompts", str(prompts),
+               "--grid-prompts", "2", "-o", str(tmp_path / "ev"), "--no-progress", "eval.images_per_prompt=2"])
+    assert rc == 0, capsys.readouterr().err
+    assert seen["prompts"] == ["the numeral 3", "a sketch of the digit seven"]
+    assert set(seen["marks"]) == {"base@1", "base@2", "base@50"}  # and at the teacher's N
+    for marks in seen["marks"].values():
+        assert len(marks) == 2 and all(isinstance(ok, bool) and (ok or note.startswith("reads ")) for ok, note in marks)
+    assert (tmp_path / "ev" / "grid.png").stat().st_size > 1000

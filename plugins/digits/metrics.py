@@ -1,6 +1,7 @@
 """Evaluation metrics of the digits world, from the independent judge classifier (never trained on).
 
-``digit-judge`` → ``judge_accuracy``: the fraction of images the judge reads as the prompt's digit.
+``digit-judge`` → ``judge_accuracy``: the fraction of images the judge reads as the prompt's digit;
+its ``marks`` frame each grid image right/wrong ("reads 3").
 ``digit-fid`` → ``fid``: the Fréchet distance between Gaussians fitted to the judge's 64-d
 penultimate features of the images and of the real held-out digits (lower is better). With a few
 hundred images it is biased upwards; compare it only between runs with the same number of images.
@@ -28,10 +29,17 @@ class DigitJudge:
         self.model = load_frozen_classifier(path, "judge", "digit-judge metric")
 
     @torch.no_grad()
+    def read(self, images: Tensor) -> Tensor:
+        """``[B]`` the digit the judge reads in each image."""
+        return self.model.cpu()(to_classifier_input(images.detach().cpu(), self.model.resolution)).argmax(dim=1)
+
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
-        digits = parse_digits(prompts)
-        logits = self.model.cpu()(to_classifier_input(images.detach().cpu(), self.model.resolution))
-        return {"judge_accuracy": (logits.argmax(dim=1) == digits).float().mean().item()}
+        return {"judge_accuracy": (self.read(images) == parse_digits(prompts)).float().mean().item()}
+
+    def marks(self, images: Tensor, prompts: Sequence[str]) -> list[tuple[bool, str]]:
+        """Per image: right, or wrong with the digit the judge read instead (the grids' frames)."""
+        return [(bool(r == d), "" if r == d else f"reads {int(r)}")
+                for r, d in zip(self.read(images).tolist(), parse_digits(prompts).tolist())]
 
 
 class DigitFID:

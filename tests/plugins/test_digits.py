@@ -213,6 +213,9 @@ def test_metrics_return_their_keys(heldout):
     prompts = [f"the numeral {int(d)}" for d in labels]
     acc = DigitJudge()(images, prompts)
     assert set(acc) == {"judge_accuracy"} and acc["judge_accuracy"] > 0.9
+    marks = DigitJudge().marks(images[:4], prompts[:3] + [f"a {(int(labels[3]) + 1) % 10}"])
+    assert [m[0] for m in marks[:3]] == [True] * 3  # (the judge reads these real digits right)
+    assert marks[3] == (False, f"reads {int(labels[3])}")
     fid = DigitFID()
     real = fid(images, prompts)["fid"]
     noise = fid(torch.rand_like(images), prompts)["fid"]
