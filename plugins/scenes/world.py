@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -305,6 +305,46 @@ def render(prompt: str | Spec, seed: int | np.random.Generator) -> np.ndarray:
 def render_batch(prompts: Sequence[str], seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.stack([render(p, rng) for p in prompts])
+
+
+def counterfactual(spec: Spec, objects: Sequence[Placed], rng: np.random.Generator) -> tuple[list[Placed], str]:
+    """The same scene made wrong for its caption in one way, everything else kept (position, size,
+    background): one object's shape or colour changed, one object too many or too few (counting
+    prompts), or the pair's places swapped (relation prompts). Shape changes are half of them.
+    Returns the new objects and the kind of change. Never a near miss (:func:`malform`): the
+    objects stay well drawn, only *what* is drawn is wrong."""
+    objs = [replace(o) for o in objects]
+    u = rng.random()
+    i = int(rng.integers(len(objs)))
+    if u < 0.5:
+        kind = "shape"
+        objs[i].shape = str(rng.choice([s for s in SHAPES if s != objs[i].shape]))
+    elif u < 0.7:
+        kind = "colour"
+        objs[i].colour = str(rng.choice([c for c in COLOURS if c != objs[i].colour]))
+        objs[i].rgb = _jitter_rgb(objs[i].colour, rng)
+    elif spec.relation is not None:
+        kind = "relation"
+        a, b = objs
+        a.x, a.y, b.x, b.y = b.x, b.y, a.x, a.y
+    else:
+        kind = "count"
+        if spec.count == MAX_COUNT or (spec.count > 1 and rng.random() < 0.5):
+            objs.pop(i)
+        else:
+            extra = _new(objs[0].colour, objs[0].shape, rng)
+            _place_free(extra, objs, rng)
+            objs.append(extra)
+    return objs, kind
+
+
+def render_counterfactual(prompt: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+    """A real scene for ``prompt`` and its :func:`counterfactual` on the same background."""
+    spec = parse(prompt)
+    bg = background(rng)
+    objs = layout(spec, rng)
+    wrong, kind = counterfactual(spec, objs, rng)
+    return draw(objs, bg, rng), draw(wrong, bg, rng), kind
 
 
 # ----------------------------------------------------------------------------- judge training data

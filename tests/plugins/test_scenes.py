@@ -109,6 +109,28 @@ def test_counting_scenes_have_separate_objects():
             assert found == n
 
 
+def test_counterfactual_is_wrong_for_its_caption_in_the_named_way_only():
+    """The reward CLIP's image-space negatives: the same scene made wrong in one attribute."""
+    rng = np.random.default_rng(3)
+    specs = world.all_specs()
+    seen = set()
+    for t in range(300):
+        spec = specs[int(rng.integers(len(specs)))]
+        objs = world.layout(spec, rng)
+        wrong, kind = world.counterfactual(spec, objs, rng)
+        seen.add(kind)
+        assert grade_one(spec, *world.labels_of(objs))["all"]
+        g = grade_one(spec, *world.labels_of(wrong))
+        assert not g["all"], (world.prompt_of(spec), kind)
+        if kind in ("count", "relation"):
+            assert g[kind] is False
+        assert all(o.shape in world.SHAPES for o in wrong)  # never a near miss
+        assert objs != wrong and len(objs) == (2 if spec.relation else spec.count)  # original kept
+    assert seen == {"shape", "colour", "count", "relation"}
+    right, bad, kind = world.render_counterfactual("a red circle left of a blue square", np.random.default_rng(0))
+    assert right.shape == bad.shape == (3, 32, 32) and np.abs(right - bad).max() > 0.3
+
+
 def test_near_miss_labels():
     rng = np.random.default_rng(2)
     blobs = 0
@@ -259,3 +281,17 @@ def test_scene_judge_reports_how_often_it_sees_malformed_objects():
     broken_out = judge(torch.from_numpy(np.stack(broken)), prompts)
     assert clean_rate <= 0.05 and broken_out["judge_malformed_rate"] >= 0.8, (clean_rate, broken_out)
     assert broken_out["judge_shape"] <= 0.2
+
+
+def test_reward_clip_training_runs_and_writes_a_folder_the_stock_reward_loads(tmp_path):
+    """The pretraining's reward stage end to end, a few steps: the loss with every kind of negative
+    (captions, degraded copies, counterfactual scenes) back-propagates and the report says what it checked."""
+    from rats_plugins.rewards.pickscore import pickscore
+    from rats_plugins.scenes.pipeline import train_clip
+
+    info = train_clip(tmp_path, seed=0, steps=2, batch=8, counterfactuals=True)
+    assert info["counterfactual_images"] and info["degraded_negatives"]
+    assert set(info["heldout_right_scene_beats_counterfactual"]) == {"shape", "colour", "count", "relation"}
+    reward = pickscore(path=str(tmp_path / "clip"))
+    scores = reward(torch.rand(2, 3, 32, 32), ["two red circles", "a blue square above a red circle"])
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
