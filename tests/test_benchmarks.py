@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,6 +103,47 @@ def test_student_beats_teacher_reports_over_seeds():
     assert out["runs"] == 1 and out["seeds"] == [0]
     assert {"student_reward", "teacher_reward", "base_reward"} <= set(out["summary"])
     assert isinstance(out["student_beats_teacher"], int)
+
+
+def test_scenes_reward_agreement_reports_per_clip_and_category(tmp_path):
+    from rats_plugins.scenes import world
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(world.split_prompts("train")[:6]))
+    clip = str(REPO / "plugins" / "scenes" / "weights" / "clip")
+    out = bench("scenes_reward.py", "--clip", clip, "--prompts", str(prompts), "--per-prompt", "2", "--steps", "1,2")
+    res = out["clips"][clip]
+    assert set(res) == {"1_steps", "2_steps", "counterfactual"}
+    for cat in ("all", "count", "colour", "shape"):
+        a = res["2_steps"][cat]
+        assert a["auc"] is None or 0 <= a["auc"] <= 1
+        assert a["n_pairs"] <= 6  # two images a prompt: at most one (right, wrong) pair
+    assert set(res["counterfactual"]) <= {"shape", "colour", "count", "relation"}
+
+
+@pytest.mark.slow
+def test_scenes_guidance_reports_judge_and_fid_per_steps_and_guidance(tmp_path):
+    from rats_plugins.scenes import world
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(world.split_prompts("train")[:4]))
+    out = bench("scenes_guidance.py", "--steps", "1,2", "--guidance", "1,3", "--prompts", str(prompts))
+    assert out["images"] == 8 and set(out["results"]) == {"1", "2"}
+    for k in ("1", "2"):
+        assert set(out["results"][k]) == {"1", "3"}
+        cell = out["results"][k]["3"]
+        assert 0 <= cell["judge_accuracy"] <= cell["judge_shape"] + 1e-9 <= 1 + 1e-9 and cell["fid"] > 0
+
+
+def test_scenes_reward_agreement_arithmetic():
+    sys.path.insert(0, str(BENCH))
+    from scenes_reward import agreement
+
+    # two prompts of three images; prompt 1: right 5.0 vs wrong 1.0, 6.0 (1 of 2 pairs); prompt 2: all wrong
+    r = np.array([5.0, 1.0, 6.0, 2.0, 3.0, 4.0])
+    ok = np.array([True, False, False, False, False, False])
+    assert agreement(r, ok, 3) == {"auc": 0.8, "pairs": 0.5, "n_pairs": 2}  # 5 beats 1, 2, 3, 4, not 6
+    assert agreement(r, np.zeros(6, bool), 3) == {"auc": None, "pairs": None, "n_pairs": 0}
 
 
 # ----------------------------------------------------------------------------- the options they measure
