@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, emit, machine, progress  # noqa: E402
+from _common import SCENES_VAL, SCENES_WEIGHTS as WEIGHTS, emit, machine, progress, scenes_base_samples  # noqa: E402
 
-WEIGHTS = ROOT / "plugins" / "scenes" / "weights"
 KEEP = ("judge_accuracy", "judge_count", "judge_colour", "judge_shape", "judge_relation", "judge_malformed_rate", "fid")
 
 
@@ -27,20 +26,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", default="2,4,50")
     ap.add_argument("--guidance", default="1.5,2,3,4")
-    ap.add_argument("--prompts", default=str(ROOT / "experiments" / "prompts" / "scenes_val.txt"))
+    ap.add_argument("--prompts", default=str(SCENES_VAL))
     ap.add_argument("--per-prompt", type=int, default=2)
     ap.add_argument("--seed", type=int, default=4321)
     args = ap.parse_args(argv)
 
-    import rats_core  # noqa: F401
-    from rats_core.evaluate import fixed_noise, generate
-    from rats_plugins.backbones.sd15 import sd15
+    backbone, prompts, noise = scenes_base_samples(args.prompts, args.per_prompt, args.seed)
+    from rats_core.evaluate import generate
     from rats_plugins.scenes.metrics import SceneFID, SceneJudge
 
-    unique = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    prompts = [p for p in unique for _ in range(args.per_prompt)]
-    backbone = sd15(str(WEIGHTS / "pipeline"), device="cpu")
-    noise = fixed_noise(backbone, len(prompts), args.seed)
     judge, fid = SceneJudge(WEIGHTS / "judge"), SceneFID(WEIGHTS / "judge")
     results = {}
     for k in (int(s) for s in args.steps.split(",")):

@@ -30,9 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, emit, machine, progress  # noqa: E402
-
-WEIGHTS = ROOT / "plugins" / "scenes" / "weights"
+from _common import SCENES_VAL, SCENES_WEIGHTS as WEIGHTS, emit, machine, progress, scenes_base_samples  # noqa: E402
 CATEGORIES = ("all", "count", "colour", "shape")
 
 
@@ -51,24 +49,19 @@ def agreement(rewards: np.ndarray, right: np.ndarray, per_prompt: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clip", nargs="+", default=[str(WEIGHTS / "clip")])
-    ap.add_argument("--prompts", default=str(ROOT / "experiments" / "prompts" / "scenes_val.txt"))
+    ap.add_argument("--prompts", default=str(SCENES_VAL))
     ap.add_argument("--per-prompt", type=int, default=4)
     ap.add_argument("--steps", default="2,50")
     ap.add_argument("--guidance-scale", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=4321)
     args = ap.parse_args(argv)
 
-    import rats_core  # noqa: F401
-    from rats_core.evaluate import fixed_noise, generate
-    from rats_plugins.backbones.sd15 import sd15
+    backbone, prompts, noise = scenes_base_samples(args.prompts, args.per_prompt, args.seed)
+    from rats_core.evaluate import generate
     from rats_plugins.rewards.pickscore import pickscore
     from rats_plugins.scenes import world
     from rats_plugins.scenes.metrics import SceneJudge
 
-    unique = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    prompts = [p for p in unique for _ in range(args.per_prompt)]
-    backbone = sd15(str(WEIGHTS / "pipeline"), device="cpu")
-    noise = fixed_noise(backbone, len(prompts), args.seed)
     judge = SceneJudge(WEIGHTS / "judge")
     images, grades = {}, {}
     for k in (int(s) for s in args.steps.split(",")):
