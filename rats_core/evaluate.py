@@ -575,12 +575,8 @@ def cmd_eval(args: Any) -> int:
     grid_images = {key: imgs[::per] for key, imgs in comp.images.items()}
     grid_scores = {key: s[::per] for key, s in comp.scores.items()}
     grid_prompts = comp.prompts[::per][: grid_prompts[0]]
-    marks = {}
-    for key, imgs in grid_images.items():  # a judge metric's right/wrong per grid image, if one marks
-        m = metric_marks(metrics, imgs[: len(grid_prompts)], grid_prompts)
-        if m is not None:
-            marks[key] = m
-    paths = write_eval_report(out, summary, grid_images, rows, grid_scores, grid_prompts, marks=marks or None)
+    paths = write_eval_report(out, summary, grid_images, rows, grid_scores, grid_prompts,
+                              mark=lambda imgs, prompts: metric_marks(metrics, imgs, prompts))
     print(f"wrote {paths['markdown']}, {paths['json'].name}, {paths['plot'].name}, {paths['grid'].name}"
           + (", images/" if args.save_images else "") + f" in {out}", file=sys.stderr)
     return 0

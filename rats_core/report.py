@@ -351,6 +351,19 @@ def training_curves(history: Sequence[dict[str, Any]], path: Path, overtake: int
     return path
 
 
+Mark = Callable[[Tensor, Sequence[str]], "Sequence[tuple[bool, str]] | None"]
+
+
+def grid_marks(images: dict[str, Tensor], prompts: Sequence[str], mark: Mark | None
+               ) -> dict[str, Sequence[tuple[bool, str]]] | None:
+    """Each grid row's ``mark(images, prompts)`` (a judge metric's right/wrong per image, see
+    :func:`rats_core.interfaces.metric_marks`); None when there is no ``mark`` or it marks nothing."""
+    if mark is None:
+        return None
+    marks = {label: m for label, imgs in images.items() if (m := mark(imgs[: len(prompts)], prompts)) is not None}
+    return marks or None
+
+
 def write_report(
     output_dir: Path,
     cfg: Any,
@@ -359,7 +372,7 @@ def write_report(
     prompts: Sequence[str],
     history: Sequence[dict[str, Any]],
     scores: dict[str, Tensor] | None = None,
-    mark: Callable[[Tensor, Sequence[str]], Sequence[tuple[bool, str]] | None] | None = None,
+    mark: Mark | None = None,
 ) -> dict[str, Any]:
     """report.md, report.json and report/*.png. ``scores``: each image's combined reward, per variant
     (printed above the grid's images); ``mark(images, prompts)``: a judge metric's per-image verdicts
@@ -401,15 +414,12 @@ def write_report(
     write_json_atomic(output_dir / "report.json", report)
     cols = spread_columns(prompts, 10)
     grid_prompts = [prompts[i] for i in cols]
-    marks = {}
-    for label, imgs in images.items():
-        m = mark(imgs[cols], grid_prompts) if mark is not None else None
-        if m is not None:
-            marks[label] = m
-    image_grid({k: v[cols] for k, v in images.items()}, grid_prompts, report_dir / "grid.png",
+    grid_images = {k: v[cols] for k, v in images.items()}
+    marks = grid_marks(grid_images, grid_prompts, mark)
+    image_grid(grid_images, grid_prompts, report_dir / "grid.png",
                columns=len(cols), results=results,
                scores={k: v[cols] for k, v in scores.items()} if scores else None,
-               marks=marks or None,
+               marks=marks,
                title="Held-out samples: the same prompt and initial noise down each column"
                + ("; above each image: its reward" if scores else "")
                + ("; frame: the judge's verdict (green right, red wrong)" if marks else ""))
@@ -696,10 +706,10 @@ def write_eval_report(
     grid_rows: dict[str, str],
     grid_scores: dict[str, Tensor],
     grid_prompts: Sequence[str],
-    marks: dict[str, Sequence[tuple[bool, str]]] | None = None,
+    mark: Mark | None = None,
 ) -> dict[str, Path]:
-    """``eval.json``, ``eval.md``, ``reward_vs_nfe.png`` and ``grid.png`` in ``out_dir``; ``marks``: a
-    judge metric's verdict per grid image (framed green/red, see :func:`image_grid`)."""
+    """``eval.json``, ``eval.md``, ``reward_vs_nfe.png`` and ``grid.png`` in ``out_dir``; ``mark``: as
+    in :func:`write_report`, a judge metric's verdict per grid image (framed green/red)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "eval.json", "markdown": out_dir / "eval.md",
@@ -717,6 +727,7 @@ def write_eval_report(
         names=list(summary.get("reward_names") or []) + list(summary.get("metric_names") or []) or None,
         title=f"{summary.get('backbone', '')}: {what} — {p['count']} prompts × {p['images_per_prompt']}, same noise",
     )
+    marks = grid_marks(grid_images, grid_prompts, mark)
     image_grid(
         grid_images, grid_prompts, paths["grid"], columns=len(grid_prompts), rows=grid_rows, scores=grid_scores,
         marks=marks, title="Same prompt and initial noise down each column; above each image: its reward"
