@@ -1,7 +1,8 @@
 """Pretrain the scenes world on CPU: the judge, the VAE, the base text-to-image pipeline and the reward CLIP.
 
     OMP_NUM_THREADS=1 python -m rats_plugins.scenes.pretrain [--what all|judge|vae|diffusion|clip|eval]
-                                                             [--out DIR] [--minutes-unet M] [--counterfactuals]
+                                                             [--out DIR] [--minutes-unet M] [--no-counterfactuals]
+                                                             [--generated N]
 
 Writes into ``--out`` (default: the shipped ``plugins/scenes/weights/``)::
 
@@ -23,11 +24,15 @@ The shipped weights (each stage one thread, on a 2-core machine running other jo
 * UNet (width 32: 4.13 M parameters) + text encoder: 5854 steps of batch 32 in a 40-minute budget
   (``--minutes-unet 40``), 2665 s wall; the first release's UNet was 4x narrower (1.06 M) and reached
   13 % fully right held-out scenes at N = 50, too weak a base for the claim;
-* reward CLIP: 1000 steps of batch 96, 428 s, with degraded-copy negatives (see
-  :func:`rats_plugins.scenes.pipeline.train_clip`); the first release's CLIP, trained without them,
-  preferred a held-out render over its degraded copy 79 % of the time (by 1.6 reward points on
-  average; this one 100 %, by 7.7). ``--what clip --counterfactuals --out DIR`` trains the candidate
-  CLIP measured after the ablation (also counterfactual-scene negatives; 761 s), not shipped.
+* reward CLIP: 1000 steps of batch 96, 761 s, with degraded-copy and counterfactual-scene negatives
+  (see :func:`rats_plugins.scenes.pipeline.train_clip`): on held-out real renders it prefers the right
+  scene over the same scene with one shape changed 87 % of the time (colour, count 100 %, the two
+  objects swapped 97 %) and a render over its degraded copy 100 %. The two CLIPs before it:
+  without degraded copies (preferred a render over its degraded copy 79 % of the time, by 1.6 reward
+  points; with them 100 %, by 7.7) and without counterfactual scenes (``--no-counterfactuals``, 428 s;
+  the students it trained had FID 1.01 against this one's 0.69 -- benchmarks/README.md).
+  ``--what clip --generated 4096 --out DIR`` also trains on right/counterfactual pairs redrawn by the
+  base generator (``pipeline.soft_pairs``; 1097 s), measured in benchmarks/README.md, not shipped.
 
 The UNet's step count follows its time budget (``--minutes-unet``), so a faster machine trains it
 longer and the result is not bit-identical across machines.
@@ -126,8 +131,13 @@ def main(argv=None) -> int:
     ap.add_argument("--vae-steps", type=int, default=400)
     ap.add_argument("--clip-steps", type=int, default=1000)
     ap.add_argument("--minutes-unet", type=float, default=40.0)
-    ap.add_argument("--counterfactuals", action="store_true",
-                    help="clip: also train on counterfactual scenes (not the shipped CLIP; see train_clip)")
+    ap.add_argument("--counterfactuals", action=argparse.BooleanOptionalAction, default=True,
+                    help="clip: also train on counterfactual scenes (the shipped CLIP; --no-counterfactuals "
+                         "trains the first release's, see train_clip)")
+    ap.add_argument("--generated", type=int, default=0,
+                    help="clip: also train on this many right/counterfactual pairs redrawn by the base pipeline "
+                         "in --out (or --pipeline) (not the shipped CLIP; see train_clip)")
+    ap.add_argument("--pipeline", default=None, help="clip --generated: the base pipeline folder (default: OUT/pipeline)")
     ap.add_argument("--resume", action="store_true", help="diffusion: continue from the UNet/text encoder in --out")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -147,7 +157,9 @@ def main(argv=None) -> int:
             report["diffusion"] = train_diffusion(out, args.seed, args.minutes_unet, resume=args.resume)
         elif stage == "clip":
             from .pipeline import train_clip
-            report["clip"] = train_clip(out, args.seed, args.clip_steps, counterfactuals=args.counterfactuals)
+            report["clip"] = train_clip(out, args.seed, args.clip_steps, counterfactuals=args.counterfactuals,
+                                        generated=args.generated,
+                                        pipeline=Path(args.pipeline) if args.pipeline else None)
         elif stage == "eval":
             from .pipeline import evaluate_pipeline
             report["eval"] = evaluate_pipeline(out, args.seed)

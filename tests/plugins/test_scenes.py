@@ -295,3 +295,34 @@ def test_reward_clip_training_runs_and_writes_a_folder_the_stock_reward_loads(tm
     reward = pickscore(path=str(tmp_path / "clip"))
     scores = reward(torch.rand(2, 3, 32, 32), ["two red circles", "a blue square above a red circle"])
     assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+SHIPPED_PIPELINE = Path(__file__).resolve().parents[2] / "plugins" / "scenes" / "weights" / "pipeline"
+
+
+def test_soften_redraws_a_scene_with_the_generator_and_pairs_share_their_noise():
+    """SDEdit through diffusers' img2img: low strength keeps the scene (closer to its source than to
+    another scene), one seed gives one noise (two copies of an image come back identical), and a
+    right/counterfactual pair comes back softened alike, still different where the source differed."""
+    from rats_plugins.scenes.pipeline import img2img, soft_pairs, soften
+
+    pipe = img2img(SHIPPED_PIPELINE)
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(world.render("two red circles", rng))
+    b = torch.from_numpy(world.render("a blue square above a yellow triangle", rng))
+    out = soften(torch.stack([a, a, b]), pipe, [5, 5, 6], strength=0.2)
+    assert out.shape == (3, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+    assert torch.equal(out[0], out[1])
+    assert ((out[0] - a) ** 2).mean() < ((out[0] - b) ** 2).mean() / 4
+    assert not torch.equal(out[0], a)  # redrawn, not passed through
+    right, wrong, caps = soft_pairs(4, SHIPPED_PIPELINE, np.random.default_rng(1), chunk=2)
+    assert right.shape == wrong.shape == (4, 3, 32, 32) and len(caps) == 4
+    assert all(world.parse(c) for c in caps)
+    assert all(not torch.equal(r, w) for r, w in zip(right, wrong))
+
+
+def test_reward_clip_trains_on_generated_pairs_when_asked(tmp_path):
+    from rats_plugins.scenes.pipeline import train_clip
+
+    info = train_clip(tmp_path, seed=0, steps=2, batch=8, generated=4, pipeline=SHIPPED_PIPELINE)
+    assert info["generated_pairs"] == 4 and (tmp_path / "clip" / "model.safetensors").exists()
