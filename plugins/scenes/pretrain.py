@@ -15,7 +15,8 @@ Writes into ``--out`` (default: the shipped ``plugins/scenes/weights/``)::
 
 Data: the generator (VAE, UNet, text encoder) trains on renders of the *train* prompts, data seed
 stream 1; the reward CLIP on renders of the train prompts from another seed stream (2) with its own
-initialisation; the judge on random scenes with near misses (seed stream 3), including the held-out
+initialisation, and on such renders redrawn by the trained generator (its UNet and VAE, unconditionally:
+never its text encoder), as a preference model learns from generated images; the judge on random scenes with near misses (seed stream 3), including the held-out
 combinations' attributes in random scenes (it is an evaluator, not a generator).
 
 The shipped weights (each stage one thread, on a 2-core machine running other jobs beside it):
@@ -24,15 +25,15 @@ The shipped weights (each stage one thread, on a 2-core machine running other jo
 * UNet (width 32: 4.13 M parameters) + text encoder: 5854 steps of batch 32 in a 40-minute budget
   (``--minutes-unet 40``), 2665 s wall; the first release's UNet was 4x narrower (1.06 M) and reached
   13 % fully right held-out scenes at N = 50, too weak a base for the claim;
-* reward CLIP: 1000 steps of batch 96, 761 s, with degraded-copy and counterfactual-scene negatives
-  (see :func:`rats_plugins.scenes.pipeline.train_clip`): on held-out real renders it prefers the right
-  scene over the same scene with one shape changed 87 % of the time (colour, count 100 %, the two
-  objects swapped 97 %) and a render over its degraded copy 100 %. The two CLIPs before it:
+* reward CLIP: 1000 steps of batch 96, 1097 s, with degraded-copy and counterfactual-scene negatives and
+  4096 right/counterfactual pairs redrawn by the base generator (``--generated 4096``; drawing them took
+  145 s; see :func:`rats_plugins.scenes.pipeline.train_clip`): on held-out real renders it prefers the
+  right scene over the same scene with one shape changed 93 % of the time (colour, count 100 %, the two
+  objects swapped 97 %) and a render over its degraded copy 100 %. The CLIPs before it (benchmarks/README.md):
   without degraded copies (preferred a render over its degraded copy 79 % of the time, by 1.6 reward
-  points; with them 100 %, by 7.7) and without counterfactual scenes (``--no-counterfactuals``, 428 s;
-  the students it trained had FID 1.01 against this one's 0.69 -- benchmarks/README.md).
-  ``--what clip --generated 4096 --out DIR`` also trains on right/counterfactual pairs redrawn by the
-  base generator (``pipeline.soft_pairs``; 1097 s), measured in benchmarks/README.md, not shipped.
+  points; with them 100 %, by 7.7), without counterfactual scenes (``--no-counterfactuals --generated 0``,
+  428 s; its students' held-out FID 1.01) and without generated pairs (``--generated 0``, 761 s; FID 0.69;
+  this one's 0.62, the teacher's 0.61).
 
 The UNet's step count follows its time budget (``--minutes-unet``), so a faster machine trains it
 longer and the result is not bit-identical across machines.
@@ -134,9 +135,9 @@ def main(argv=None) -> int:
     ap.add_argument("--counterfactuals", action=argparse.BooleanOptionalAction, default=True,
                     help="clip: also train on counterfactual scenes (the shipped CLIP; --no-counterfactuals "
                          "trains the first release's, see train_clip)")
-    ap.add_argument("--generated", type=int, default=0,
+    ap.add_argument("--generated", type=int, default=4096,
                     help="clip: also train on this many right/counterfactual pairs redrawn by the base pipeline "
-                         "in --out (or --pipeline) (not the shipped CLIP; see train_clip)")
+                         "in --out (or --pipeline); 0: none (see train_clip)")
     ap.add_argument("--pipeline", default=None, help="clip --generated: the base pipeline folder (default: OUT/pipeline)")
     ap.add_argument("--resume", action="store_true", help="diffusion: continue from the UNet/text encoder in --out")
     args = ap.parse_args(argv)
@@ -157,9 +158,14 @@ def main(argv=None) -> int:
             report["diffusion"] = train_diffusion(out, args.seed, args.minutes_unet, resume=args.resume)
         elif stage == "clip":
             from .pipeline import train_clip
+            pipeline = Path(args.pipeline) if args.pipeline else out / "pipeline"
+            if args.generated and not (pipeline / "model_index.json").exists():
+                raise SystemExit(f"error: the reward CLIP's generated pairs (--generated {args.generated}) are drawn by "
+                                 f"the base pipeline, and {pipeline} has none (no model_index.json). Train it first "
+                                 "(--what diffusion), point --pipeline at one (e.g. plugins/scenes/weights/pipeline), "
+                                 "or pass --generated 0.")
             report["clip"] = train_clip(out, args.seed, args.clip_steps, counterfactuals=args.counterfactuals,
-                                        generated=args.generated,
-                                        pipeline=Path(args.pipeline) if args.pipeline else None)
+                                        generated=args.generated, pipeline=pipeline)
         elif stage == "eval":
             from .pipeline import evaluate_pipeline
             report["eval"] = evaluate_pipeline(out, args.seed)

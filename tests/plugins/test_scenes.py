@@ -326,3 +326,13 @@ def test_reward_clip_trains_on_generated_pairs_when_asked(tmp_path):
 
     info = train_clip(tmp_path, seed=0, steps=2, batch=8, generated=4, pipeline=SHIPPED_PIPELINE)
     assert info["generated_pairs"] == 4 and (tmp_path / "clip" / "model.safetensors").exists()
+
+
+def test_pretraining_the_reward_without_a_base_pipeline_says_how_to_fix_it(tmp_path):
+    from rats_plugins.scenes.pretrain import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--what", "clip", "--out", str(tmp_path), "--clip-steps", "1"])
+    msg = str(e.value)
+    assert "--generated 4096" in msg and str(tmp_path / "pipeline") in msg and "--generated 0" in msg
+    assert not (tmp_path / "clip" / "model.safetensors").exists()
