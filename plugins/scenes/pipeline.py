@@ -392,6 +392,16 @@ def train_clip(out: Path, seed: int, steps: int, batch: int = 96, negatives: int
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+
+    def embed_images(pixels: Tensor) -> Tensor:  # unit-length image embeddings (CLIP's normalisation)
+        out_i = model.vision_model(pixel_values=(pixels - mean) / std).pooler_output
+        return F.normalize(model.visual_projection(out_i), dim=-1)
+
+    def embed_text(captions: list[str]) -> Tensor:  # unit-length caption embeddings
+        ids = tok(captions, padding=True, return_tensors="pt")
+        out_t = model.text_model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).pooler_output
+        return F.normalize(model.text_projection(out_t), dim=-1)
+
     prompts = train_prompt_pool()
     train_set = set(prompts)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
@@ -415,9 +425,7 @@ def train_clip(out: Path, seed: int, steps: int, batch: int = 96, negatives: int
             cand = [perturb(c, prng) for _ in range(negatives * 3)]
             cand = [n for n in cand if n in train_set and n != c][:negatives]
             negs += cand + [caps[(len(negs) + 1) % batch]] * (negatives - len(cand))
-        ids = tok(caps + negs, padding=True, return_tensors="pt")
-        out_t = model.text_model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).pooler_output
-        text = F.normalize(model.text_projection(out_t), dim=-1)
+        text = embed_text(caps + negs)
         parts = [images]
         if degraded:
             same = torch.Generator().set_state(gen.get_state())  # the counterfactual degraded alike
@@ -427,8 +435,7 @@ def train_clip(out: Path, seed: int, steps: int, batch: int = 96, negatives: int
             if degraded:
                 parts.append(degrade(wrong, same))
         pixels = torch.cat(parts)
-        img = model.visual_projection(model.vision_model(pixel_values=(pixels - mean) / std).pooler_output)
-        img = F.normalize(img, dim=-1).split(batch)
+        img = embed_images(pixels).split(batch)
         scale = model.logit_scale.exp().clamp(max=100)
         pos, neg = text[:batch], text[batch:].view(batch, negatives, -1)
         logits_i = scale * img[0] @ pos.T  # [B, B]
@@ -443,12 +450,8 @@ def train_clip(out: Path, seed: int, steps: int, batch: int = 96, negatives: int
             loss = loss + F.cross_entropy(scale * pair, target * 0)
         if generated:  # and, both drawn by the generator, the right scene above the wrong one
             pick = grng.integers(0, generated, batch // 4)
-            ids = tok([soft_caps[int(i)] for i in pick], padding=True, return_tensors="pt")
-            t = F.normalize(model.text_projection(model.text_model(
-                input_ids=ids.input_ids, attention_mask=ids.attention_mask).pooler_output), dim=-1)
-            both = torch.cat([soft_right[pick], soft_wrong[pick]])
-            f = F.normalize(model.visual_projection(model.vision_model(
-                pixel_values=(both - mean) / std).pooler_output), dim=-1).split(len(pick))
+            t = embed_text([soft_caps[int(i)] for i in pick])
+            f = embed_images(torch.cat([soft_right[pick], soft_wrong[pick]])).split(len(pick))
             pair = torch.stack([(t * f[0]).sum(-1), (t * f[1]).sum(-1)], 1)
             loss = loss + F.cross_entropy(scale * pair, torch.zeros(len(pick), dtype=torch.long))
         opt.zero_grad(set_to_none=True)
@@ -461,30 +464,21 @@ def train_clip(out: Path, seed: int, steps: int, batch: int = 96, negatives: int
     held = world.split_prompts("heldout")
     imgs = torch.from_numpy(world.render_batch(held, seed * 100 + STREAM["eval"]))
     with torch.no_grad():
-        img = model.visual_projection(model.vision_model(pixel_values=(imgs - mean) / std).pooler_output)
-        img = F.normalize(img, dim=-1)
+        img = embed_images(imgs)
         wins = []
         for j, p in enumerate(held):
-            caps = [p] + [perturb(p, prng) for _ in range(4)]
-            ids = tok(caps, padding=True, return_tensors="pt")
-            t = model.text_model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).pooler_output
-            t = F.normalize(model.text_projection(t), dim=-1)
-            s = t @ img[j]
+            s = embed_text([p] + [perturb(p, prng) for _ in range(4)]) @ img[j]
             wins.append(float((s[0] > s[1:]).float().mean()))
         # and does its caption prefer the clean image over a degraded copy?
-        worse = model.visual_projection(model.vision_model(
-            pixel_values=(degrade(imgs, torch.Generator().manual_seed(7)) - mean) / std).pooler_output)
-        worse = F.normalize(worse, dim=-1)
-        ids = tok(held, padding=True, return_tensors="pt")
-        t = F.normalize(model.text_projection(model.text_model(
-            input_ids=ids.input_ids, attention_mask=ids.attention_mask).pooler_output), dim=-1)
+        worse = embed_images(degrade(imgs, torch.Generator().manual_seed(7)))
+        t = embed_text(held)
         clean_wins = float(((t * img).sum(-1) > (t * worse).sum(-1)).float().mean())
         # and the right scene over the same scene made wrong in one attribute, per kind of change?
         crng = np.random.default_rng([seed, STREAM["eval"], 1])
         cf = [world.render_counterfactual(p, crng) for p in held for _ in range(4)]
         kinds = np.array([c[2] for c in cf])
         pix = torch.from_numpy(np.stack([c[0] for c in cf] + [c[1] for c in cf]))
-        f = F.normalize(model.visual_projection(model.vision_model(pixel_values=(pix - mean) / std).pooler_output), dim=-1)
+        f = embed_images(pix)
         tt = t.repeat_interleave(4, 0)
         right = ((tt * f[: len(cf)]).sum(-1) > (tt * f[len(cf):]).sum(-1)).numpy()
         cf_wins = {str(k): round(float(right[kinds == k].mean()), 3) for k in sorted(set(kinds))}

@@ -16,8 +16,9 @@ Writes into ``--out`` (default: the shipped ``plugins/scenes/weights/``)::
 Data: the generator (VAE, UNet, text encoder) trains on renders of the *train* prompts, data seed
 stream 1; the reward CLIP on renders of the train prompts from another seed stream (2) with its own
 initialisation, and on such renders redrawn by the trained generator (its UNet and VAE, unconditionally:
-never its text encoder), as a preference model learns from generated images; the judge on random scenes with near misses (seed stream 3), including the held-out
-combinations' attributes in random scenes (it is an evaluator, not a generator).
+never its text encoder), as a preference model learns from generated images; the judge on random scenes
+with near misses (seed stream 3), including the held-out combinations' attributes in random scenes (it is
+an evaluator, not a generator).
 
 The shipped weights (each stage one thread, on a 2-core machine running other jobs beside it):
 
@@ -138,7 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--generated", type=int, default=4096,
                     help="clip: also train on this many right/counterfactual pairs redrawn by the base pipeline "
                          "in --out (or --pipeline); 0: none (see train_clip)")
-    ap.add_argument("--pipeline", default=None, help="clip --generated: the base pipeline folder (default: OUT/pipeline)")
+    ap.add_argument("--pipeline", default=None,
+                    help="clip --generated: the base pipeline folder (default: OUT/pipeline)")
     ap.add_argument("--resume", action="store_true", help="diffusion: continue from the UNet/text encoder in --out")
     args = ap.parse_args(argv)
     out = Path(args.out)
