@@ -1,8 +1,10 @@
 """The scenes base model by sampler steps and classifier-free guidance: where is it already good?
 
     python benchmarks/scenes_guidance.py [--steps 2,4,50] [--guidance 1.5,2,3,4] [--prompts FILE] [--per-prompt 2]
+                                         [--pipeline FOLDER]
 
-Samples the shipped base pipeline (plugins/scenes/weights/pipeline) on the prompts (default
+Samples the shipped base pipeline (plugins/scenes/weights/pipeline; ``--pipeline`` another one, e.g. a
+retrained base in ``pretrain --out DIR``'s ``DIR/pipeline``) on the prompts (default
 ``experiments/prompts/scenes_val.txt``: *train* combinations, so a student's or teacher's guidance
 chosen from this never looks at the held-out prompts), ``--per-prompt`` images each from the same
 fixed noise for every setting, and reads them with the judge (``scene-judge``: all right and per
@@ -29,9 +31,10 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", default=str(SCENES_VAL))
     ap.add_argument("--per-prompt", type=int, default=2)
     ap.add_argument("--seed", type=int, default=4321)
+    ap.add_argument("--pipeline", default=None, help="a StableDiffusionPipeline folder (default: the shipped base)")
     args = ap.parse_args(argv)
 
-    backbone, prompts, noise = scenes_base_samples(args.prompts, args.per_prompt, args.seed)
+    backbone, prompts, noise = scenes_base_samples(args.prompts, args.per_prompt, args.seed, args.pipeline)
     from rats_core.evaluate import generate
     from rats_plugins.scenes.metrics import SceneFID, SceneJudge
 
@@ -43,7 +46,8 @@ def main(argv=None) -> int:
             imgs = generate(backbone, backbone.denoiser, prompts, k, noise, batch_size=128, guidance_scale=g)
             r = judge(imgs, prompts) | fid(imgs, prompts)
             results.setdefault(str(k), {})[f"{g:g}"] = {m: round(r[m], 4) for m in KEEP if m in r}
-    emit({"benchmark": "scenes_guidance", "prompts": args.prompts, "images": len(prompts),
+    emit({"benchmark": "scenes_guidance", "pipeline": args.pipeline or str(WEIGHTS / "pipeline"),
+          "prompts": args.prompts, "images": len(prompts),
           "noise_seed": args.seed, "results": results, "machine": machine()})
     return 0
 

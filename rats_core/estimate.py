@@ -467,7 +467,6 @@ def estimate(cfg: RatsConfig, ranks: int = 1, source: str = "config") -> Estimat
     if ranks < 1:
         raise ConfigError(f"--ranks must be at least 1 (got {ranks})")
     name = cfg.backbone.name
-    opts = cfg.backbone.options
     arch = None
     path = cfg.backbone.path
     if path:

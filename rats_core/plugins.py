@@ -15,7 +15,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import DuplicateComponentError, PluginError
+from .errors import PluginError
 from .registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = "rats"

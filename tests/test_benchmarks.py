@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,7 +128,11 @@ def test_scenes_guidance_reports_judge_and_fid_per_steps_and_guidance(tmp_path):
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(world.split_prompts("train")[:4]))
-    out = bench("scenes_guidance.py", "--steps", "1,2", "--guidance", "1,3", "--prompts", str(prompts))
+    pipeline = tmp_path / "pipeline"  # --pipeline: a base model other than the shipped one (here a copy)
+    shutil.copytree(Path(world.__file__).parent / "weights" / "pipeline", pipeline)
+    out = bench("scenes_guidance.py", "--steps", "1,2", "--guidance", "1,3", "--prompts", str(prompts),
+                "--pipeline", str(pipeline))
+    assert out["pipeline"] == str(pipeline)
     assert out["images"] == 8 and set(out["results"]) == {"1", "2"}
     for k in ("1", "2"):
         assert set(out["results"][k]) == {"1", "3"}

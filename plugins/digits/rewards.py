@@ -25,7 +25,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Sequence
 
-import torch
 from torch import Tensor
 
 from rats_core.errors import WeightsNotFoundError

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -56,7 +55,7 @@ import torch.nn.functional as F
 import rats_core  # noqa: F401  (installs the CPU-torchvision guard before diffusers is imported)
 
 from . import world
-from .judge import JudgeNet, counts_and_centres, density_target, grade, load_judge, save_judge, summarise
+from .judge import JudgeNet, counts_and_centres, density_target, grade, save_judge, summarise
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 STREAM = {"generator": 1, "clip": 2, "judge": 3, "eval": 4}

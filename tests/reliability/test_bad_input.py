@@ -8,8 +8,6 @@ checkpoints it held before).
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
