@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from .commands import arg, command
 from .config import RatsConfig
 from .errors import ConfigError
+from .interfaces import SCORES_VIDEO_ATTRIBUTE
 
 GiB = 1024**3
 
@@ -71,7 +72,11 @@ _LORA_TARGETS = {
     "sdxl": ("rats_plugins.backbones.sd15", "UNET_LORA_TARGETS"),
     "pixart": ("rats_plugins.backbones.pixart", "PIXART_LORA_TARGETS"),
     "flux": ("rats_plugins.backbones.flux", "FLUX_LORA_TARGETS"),
+    "wan": ("rats_plugins.backbones.wan", "WAN_LORA_TARGETS"),
 }
+#: denoisers whose latents are videos ``[B, C, F', h, w]`` (their VAE decodes frames ``[B, 3, F, H, W]``) ->
+#: the backbone's default frame height and frame count (plugins/backbones/wan.py)
+_VIDEO_DENOISERS = {"WanTransformer3DModel": (480, 81)}
 #: reward name -> shipped architecture
 REWARD_ARCHS = {"imagereward": "imagereward", "hpsv2": "hps", "hpsv2.1": "hps", "hps": "hps",
                 "pickscore": "pickscore"}
@@ -306,7 +311,7 @@ def trace(fn: Callable[[], Any], modules: list[nn.Module], checkpointed: list[nn
 
 def _text_length(cfg: RatsConfig, spec: dict[str, Any]) -> int:
     opts = cfg.backbone.options
-    if spec["class"] == "FluxTransformer2DModel":
+    if spec["class"] in ("FluxTransformer2DModel", "WanTransformer3DModel"):  # T5 / UMT5, padded to 512
         return int(opts.get("max_sequence_length") or 512)
     if spec["class"].startswith("PixArt"):
         path = str(cfg.backbone.path or "")
@@ -314,37 +319,44 @@ def _text_length(cfg: RatsConfig, spec: dict[str, Any]) -> int:
     return 77
 
 
-def denoiser_call(spec: dict[str, Any], module: nn.Module, batch: int, side: int, text_len: int,
-                  device: torch.device, dtype: torch.dtype, grad_input: bool = False):
-    """A zero-argument function running ``module`` once on inputs shaped like the backbone's, and them."""
+def denoiser_call(spec: dict[str, Any], module: nn.Module, batch: int, side: int | tuple[int, int], text_len: int,
+                  device: torch.device, dtype: torch.dtype, grad_input: bool = False, frames: int = 1):
+    """A zero-argument function running ``module`` once on inputs shaped like the backbone's, and them.
+
+    ``side``: the latent side, or (height, width); ``frames``: latent frames of a video denoiser."""
     c = module.config
     cls = spec["class"]
+    height, width = (side, side) if isinstance(side, int) else side
 
     def t(*shape, dt=dtype):
         return torch.zeros(shape, device=device, dtype=dt)
 
     if cls == "UNet2DConditionModel":
-        x = t(batch, c.in_channels, side, side)
+        x = t(batch, c.in_channels, height, width)
         args = dict(sample=x, timestep=t(batch, dt=torch.float32),
                     encoder_hidden_states=t(batch, text_len, c.cross_attention_dim))
         if c.addition_embed_type == "text_time":
             pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
             args["added_cond_kwargs"] = {"text_embeds": t(batch, pooled), "time_ids": t(batch, 6)}
     elif cls == "PixArtTransformer2DModel":
-        x = t(batch, c.in_channels, side, side)
+        x = t(batch, c.in_channels, height, width)
         added = {"resolution": None, "aspect_ratio": None}
         if getattr(module, "use_additional_conditions", False):
             added = {"resolution": t(batch, 2), "aspect_ratio": t(batch, 1)}
         args = dict(hidden_states=x, encoder_hidden_states=t(batch, text_len, c.caption_channels),
                     timestep=t(batch, dt=torch.float32), added_cond_kwargs=added)
     elif cls == "FluxTransformer2DModel":
-        tokens = (side // 2) ** 2
+        tokens = (height // 2) * (width // 2)
         x = t(batch, tokens, c.in_channels)
         args = dict(hidden_states=x, encoder_hidden_states=t(batch, text_len, c.joint_attention_dim),
                     pooled_projections=t(batch, c.pooled_projection_dim), timestep=t(batch, dt=torch.float32),
                     img_ids=t(tokens, 3), txt_ids=t(text_len, 3))
         if c.guidance_embeds:
             args["guidance"] = t(batch, dt=torch.float32)
+    elif cls == "WanTransformer3DModel":  # latents [B, C, F', h, w], UMT5 states (plugins/backbones/wan.py)
+        x = t(batch, c.in_channels, frames, height, width)
+        args = dict(hidden_states=x, timestep=t(batch, dt=torch.float32),
+                    encoder_hidden_states=t(batch, text_len, c.text_dim))
     else:
         raise ValueError(f"no input recipe for denoiser class {cls}")
     if grad_input:
@@ -469,13 +481,16 @@ def estimate(cfg: RatsConfig, ranks: int = 1, source: str = "config") -> Estimat
     name = cfg.backbone.name
     arch = None
     path = cfg.backbone.path
+    notes: list[str] = []
     if path:
         local = cfg.resolve_path(path) if not Path(path).expanduser().exists() else Path(path).expanduser()
         if local.is_dir():
             arch = arch_from_folder(local)
     if arch is None and name in _LORA_TARGETS:
         arch = load_arch(name)
-    notes: list[str] = []
+        if path and str(path).lower() != str(arch.get("model", "")).lower():  # e.g. the 14B Wan, PixArt-Σ
+            notes.append(f"backbone.path {path} is not a local folder: counted with the shipped architecture of "
+                         f"{arch['model']}; pass a local copy (backbone.path=/models/...) to count that model")
     with _quiet_libraries():
         if arch is not None:
             model = _BackboneModel.from_arch(arch, cfg)
@@ -522,6 +537,11 @@ class _BackboneModel:
         self.eval_nograd: Trace | None = None
         self.decode: Trace | None = None
         self.image_side = 0
+        #: video backbones: frames of a decoded clip (0: images) and the frame height
+        self.frames = 0
+        self.image_height = 0
+        #: what the decode trace ran on, for the table
+        self.decode_note = ""
         self.device = torch.device("meta")
 
     @classmethod
@@ -540,16 +560,28 @@ class _BackboneModel:
             self.trainable = _lora_trainable(den, cfg, cfg.backbone.name, None)
         else:
             self.trainable = self.denoiser_params
-        vae = build_part(arch["parts"]["vae"], dtype=frozen_dtype)
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.resolution = int(cfg.backbone.resolution or arch.get("resolution") or
-                              den.config.sample_size * factor)
+        vae_dtype = _dtype(opts.get("vae_dtype"), frozen_dtype)
+        vae = build_part(arch["parts"]["vae"], dtype=vae_dtype)
+        video = spec["class"] in _VIDEO_DENOISERS
+        if video:  # a causal video VAE: space and time compression from its config
+            factor = int(vae.config.scale_factor_spatial)
+        else:
+            factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        default = _VIDEO_DENOISERS[spec["class"]][0] if video else den.config.sample_size * factor
+        self.resolution = int(cfg.backbone.resolution or arch.get("resolution") or default)
         self.side = self.resolution // factor
+        width = int(opts.get("width") or self.resolution) if video else self.resolution
+        latent_hw = (self.side, width // factor)
+        latent_frames = 1
+        if video:  # F video frames are (F - 1) / t + 1 latent frames (plugins/backbones/wan.py)
+            self.frames = int(opts.get("num_frames") or arch.get("num_frames") or _VIDEO_DENOISERS[spec["class"]][1])
+            latent_frames = (self.frames - 1) // int(vae.config.scale_factor_temporal) + 1
         for role, part in arch["parts"].items():
             if role == "denoiser":
                 continue
-            m = vae if role == "vae" else build_part(part, dtype=frozen_dtype)
-            self.frozen.append(_Measured(role, count_params(m), count_params(m) * _bytes(frozen_dtype)))
+            dt = vae_dtype if role == "vae" else frozen_dtype
+            m = vae if role == "vae" else build_part(part, dtype=dt)
+            self.frozen.append(_Measured(role, count_params(m), count_params(m) * _bytes(dt)))
         # bf16: every call runs under autocast (activations mostly bf16); fp32: the stored dtype, which
         # is float32 for trained weights and denoiser_dtype for a LoRA run's base
         compute = torch.bfloat16 if cfg.train.precision == "bf16" else (
@@ -559,19 +591,32 @@ class _BackboneModel:
             den.enable_gradient_checkpointing()
         text_len = _text_length(cfg, spec)
         b = cfg.train.batch_size
+        # classifier-free guidance doubles the batch (FLUX.1-dev is guidance-distilled: one pass)
         bs = b * (2 if cfg.student.guidance_scale > 1 and spec["class"] != "FluxTransformer2DModel" else 1)
         den.train()
-        fn, inputs = denoiser_call(spec, den, bs, self.side, text_len, self.device, compute)
+        fn, inputs = denoiser_call(spec, den, bs, latent_hw, text_len, self.device, compute, frames=latent_frames)
         self.eval_grad = trace(fn, [den], [den], inputs)
         den.eval()
         tb = b * (2 if cfg.teacher.guidance_scale > 1 and spec["class"] != "FluxTransformer2DModel" else 1)
         with torch.no_grad():
-            fn, inputs = denoiser_call(spec, den, tb, self.side, text_len, self.device, compute)
+            fn, inputs = denoiser_call(spec, den, tb, latent_hw, text_len, self.device, compute, frames=latent_frames)
             self.eval_nograd = trace(lambda: _no_grad(fn), [den], [], inputs)
-        lat_c = vae.config.latent_channels
-        z = torch.zeros(b, lat_c, self.side, self.side, device=self.device, dtype=frozen_dtype, requires_grad=True)
-        self.decode = trace(lambda: vae.decode(z, return_dict=False), [vae], [], [z])
-        self.image_side = self.resolution
+        if video:
+            z = torch.zeros(b, int(vae.config.z_dim), latent_frames, *latent_hw, device=self.device, dtype=vae_dtype,
+                            requires_grad=True)
+            grad_frames = opts.get("decode_grad_frames")
+            decode = _video_decode(spec["class"], vae, grad_frames)
+            self.decode = trace(lambda: decode(z), [vae], [], [z])
+            kept = latent_frames if grad_frames is None else min(int(grad_frames), latent_frames)
+            self.decode_note = (f"batch {b}, {self.frames} frames of {self.resolution}x{width} px, "
+                                f"{kept} of {latent_frames} latent frames with a gradient")
+        else:
+            z = torch.zeros(b, vae.config.latent_channels, *latent_hw, device=self.device, dtype=vae_dtype,
+                            requires_grad=True)
+            self.decode = trace(lambda: vae.decode(z, return_dict=False), [vae], [], [z])
+            self.decode_note = f"batch {b}, {self.resolution} px"
+        self.image_side = width
+        self.image_height = self.resolution
         return self
 
     @classmethod
@@ -619,8 +664,36 @@ class _BackboneModel:
         z = noise.clone().requires_grad_(True)
         self.decode = trace(lambda: bb.decode(z), frozen_mods, [], [z])
         with torch.no_grad():
-            self.image_side = int(bb.decode(noise[:1]).shape[-1])
+            shape = bb.decode(noise[:1]).shape
+        self.image_side, self.image_height = int(shape[-1]), int(shape[-2])
+        if len(shape) == 5:  # a video backbone: [B, 3, F, H, W]
+            self.frames = int(shape[2])
+            self.decode_note = f"batch {b}, {self.frames} frames of {self.image_height}x{self.image_side} px"
+        else:
+            self.decode_note = f"batch {b}, {self.resolution} px"
         return self
+
+
+def _video_decode(denoiser: str, vae: nn.Module, decode_grad_frames: int | None) -> Callable[[Tensor], Tensor]:
+    """The video backbone's own differentiable decode (its per-frame gradient option included), run on the
+    meta-built VAE: the backbone object is not constructed, so no weights are looked for."""
+    if denoiser != "WanTransformer3DModel":
+        raise ValueError(f"no video decode recipe for denoiser class {denoiser}")
+    from rats_plugins.backbones.wan import WanBackbone
+
+    shell = WanBackbone.__new__(WanBackbone)
+    shell.vae, shell.decode_grad_frames = vae, decode_grad_frames
+    return shell.decode
+
+
+def _images_per_sample(bb: "_BackboneModel", frames: int | None) -> int:
+    """Images a reward scores per sample: 1, or for videos the frames :func:`rats_core.rewards.score_frames`
+    picks (``rewards.N.frames`` evenly spaced ones)."""
+    if not bb.frames:
+        return 1
+    from .rewards import frame_indices
+
+    return len(frame_indices(bb.frames, frames))
 
 
 def _prompts(cfg: RatsConfig, n: int) -> list[str]:
@@ -642,6 +715,7 @@ def _no_grad(fn):
 def _reward_model(cfg: RatsConfig, i: int, bb: _BackboneModel, notes: list[str]) -> _Measured:
     r = cfg.rewards[i]
     b = cfg.train.batch_size
+    per = _images_per_sample(bb, r.frames)  # videos: an image reward scores b·per frames in one batch
     dtype = _dtype(r.options.get("dtype"), torch.float32)
     arch_name = REWARD_ARCHS.get(r.name)
     arch = load_arch(arch_name) if arch_name is not None else None
@@ -657,7 +731,7 @@ def _reward_model(cfg: RatsConfig, i: int, bb: _BackboneModel, notes: list[str])
         mods = {role: build_part(spec, dtype=dtype) for role, spec in arch["parts"].items()}
         params = sum(count_params(m) for m in mods.values())
         side = int(arch.get("image_size", 224))
-        img = torch.zeros(b, 3, side, side, device="meta", dtype=dtype, requires_grad=True)
+        img = torch.zeros(b * per, 3, side, side, device="meta", dtype=dtype, requires_grad=True)
         fn = _reward_forward(arch_name, mods, img, arch)
         act = trace(fn, list(mods.values()), [], [img]).saved
         return _Measured(f"reward {r.name}", params, params * _bytes(dtype), act)
@@ -673,9 +747,14 @@ def _reward_model(cfg: RatsConfig, i: int, bb: _BackboneModel, notes: list[str])
     mods = _modules_of(reward)
     params = sum(count_params(m) for m in mods)
     pbytes = sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
-    side = bb.image_side or bb.resolution
-    img = torch.rand(b, 3, side, side, requires_grad=True)
+    width = bb.image_side or bb.resolution
+    height = bb.image_height or width
     prompts = _prompts(cfg, b)
+    if bb.frames and getattr(reward, SCORES_VIDEO_ATTRIBUTE, False):  # scores whole clips
+        img = torch.rand(b, 3, bb.frames, height, width, requires_grad=True)
+    else:
+        img = torch.rand(b * per, 3, height, width, requires_grad=True)
+        prompts = [p for p in prompts for _ in range(per)]
     act = trace(lambda: reward(img, prompts), mods, [], [img]).saved
     notes.append(f"reward '{r.name}' has no shipped architecture: built for real on the CPU and traced there")
     return _Measured(f"reward {r.name}", params, pbytes, act)
@@ -725,7 +804,6 @@ def _assemble(cfg: RatsConfig, ranks: int, source: str, bb: _BackboneModel, rewa
     base_params = bb.denoiser_params if lora else 0
     off_opt = _offload(zero, "offload_optimizer")
     off_param = _offload(zero, "offload_param")
-    b = cfg.train.batch_size
 
     n_grad = _student_grad_evals(cfg)
     g = bb.eval_grad
@@ -779,7 +857,7 @@ def _assemble(cfg: RatsConfig, ranks: int, source: str, bb: _BackboneModel, rewa
             rows.append(Part("ZeRO-3 gathered params", min(live, bb.denoiser_params) * 4, 4, "gpu",
                              "stage3_prefetch_bucket_size"))
         rows.append(Part("activations: student", student_act, 4, "gpu", how))
-        rows.append(Part("activations: VAE decode", bb.decode.saved, 4, "gpu", f"batch {b}, {bb.resolution} px"))
+        rows.append(Part("activations: VAE decode", bb.decode.saved, 4, "gpu", bb.decode_note))
         rows.append(Part("activations: rewards", reward_act, 4, "gpu"))
         rows.append(Part("no-grad forward peak", nograd_peak, 4, "gpu", "teacher/student sampling steps"))
         parts[s] = rows

@@ -45,9 +45,10 @@ def test_shipped_architectures_match_published_parameter_counts(name):
 
 def test_the_real_denoisers_are_the_sizes_the_issue_names():
     counts = {n: est.count_params(est.build_part(est.load_arch(n)["parts"]["denoiser"]))
-              for n in ("sd15", "sdxl", "pixart", "flux")}
+              for n in ("sd15", "sdxl", "pixart", "flux", "wan")}
     assert counts["sd15"] == 859_520_964 and counts["sdxl"] == 2_567_463_684
     assert 0.55e9 < counts["pixart"] < 0.65e9 and counts["flux"] == 11_901_408_320
+    assert counts["wan"] == 1_418_996_800  # Wan2.1-T2V-"1.3B"
 
 
 def test_a_part_builds_on_meta_without_memory_and_for_real_with_random_weights():
@@ -209,6 +210,96 @@ def test_sdxl_estimate_offline_has_every_stage_and_the_published_unet(capsys):
     assert all(out["stages"][s]["per_rank_gib"] > 5 for s in out["stages"])
 
 
+@pytest.mark.slow
+def test_wan_estimate_offline_has_every_stage_and_the_published_transformer(capsys):
+    """`rats estimate experiments/wan.yaml --json` without the weights (~15 s): the shipped Wan2.1-T2V-1.3B
+    architecture, its transformer exactly the published count, 33 frames of 480x832 traced on meta."""
+    assert main(["estimate", str(REPO / "experiments/wan.yaml"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["stages"]) == {"0", "1", "2", "3"} and out["zero_stage"] == 2 and out["architecture"] == "wan"
+    assert out["params"]["denoiser"] == 1_418_996_800 and out["published"]["denoiser"]["ratio"] == 1.0
+    assert all(abs(v["ratio"] - 1) < 0.01 for v in out["published"].values()), out["published"]
+    assert out["notes"] == []
+    parts = out["stages"]["2"]["parts_gib"]
+    # the differentiable decode (2 latent frames with a gradient) is the largest activation; UMT5-XXL in bf16
+    assert parts["activations: VAE decode"] == max(v for k, v in parts.items() if k.startswith("activations"))
+    assert 10 < parts["frozen text_encoder"] < 11
+    assert out["stages"]["2"]["fits"] == {"24GB": False, "40GB": False, "80GB": True}
+
+
+@pytest.fixture(scope="module")
+def tiny_wan_pipe(tmp_path_factory):
+    import tiny_wan
+
+    return tiny_wan.build_wan(tmp_path_factory.mktemp("wan") / "pipe")
+
+
+def _wan_cfg(*overrides: str):
+    return load_config(REPO / "experiments" / "wan.yaml", ["backbone.resolution=16", "backbone.width=32",
+                                                           "backbone.num_frames=9", *overrides])
+
+
+def test_wan_denoiser_inputs_are_video_latents_and_umt5_states():
+    import tiny_wan
+
+    net = tiny_wan.wan_transformer().to("meta")
+    fn, inputs = est.denoiser_call({"class": "WanTransformer3DModel"}, net, 2, (2, 4), 12, torch.device("meta"),
+                                   torch.float32, frames=3)
+    assert [tuple(x.shape) for x in inputs] == [(2, 16, 3, 2, 4), (2,), (2, 12, 32)]
+    assert tuple(fn()[0].shape) == (2, 16, 3, 2, 4)
+    spec = est.load_arch("wan")["parts"]["denoiser"]
+    assert est._text_length(_wan_cfg(), spec) == 512  # UMT5 padded as WanPipeline pads it
+    assert est._text_length(_wan_cfg("backbone.max_sequence_length=226"), spec) == 226
+
+
+def test_wan_decode_traced_on_meta_equals_cpu_and_decode_grad_frames_bounds_it():
+    """The backbone's own frame-by-frame decode (a causal cache between latent frames) traces the same on meta."""
+    import tiny_wan
+
+    def saved(device, grad_frames):
+        vae = tiny_wan.wan_vae().to(device)
+        z = torch.zeros(2, 16, 3, 4, 6, device=device, requires_grad=True)
+        decode = est._video_decode("WanTransformer3DModel", vae, grad_frames)
+        return est.trace(lambda: decode(z), [vae], [], [z]).saved
+
+    every, one = saved("cpu", None), saved("cpu", 1)
+    assert every == saved("meta", None) and one == saved("meta", 1) and 0 < one < every
+
+
+def test_wan_estimate_reads_a_local_pipeline_folder_and_traces_videos(tiny_wan_pipe):
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    def rows(*o):
+        e = est.estimate(_wan_cfg(f"backbone.path={tiny_wan_pipe}", "backbone.max_sequence_length=12", *o),
+                         source="tiny")
+        return e, {p.name: p.bytes for p in e.parts[2]}
+
+    e, base = rows()
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert e.params["denoiser"] == n(WanTransformer3DModel.from_pretrained(tiny_wan_pipe / "transformer"))
+    assert e.params["vae"] == n(AutoencoderKLWan.from_pretrained(tiny_wan_pipe / "vae"))
+    assert e.params["text_encoder"] == n(UMT5EncoderModel.from_pretrained(tiny_wan_pipe / "text_encoder"))
+    assert e.architecture == "pipe" and e.notes == [] and 0 < e.params["trainable"]  # LoRA adapters
+    assert "batch 1, 9 frames of 16x32 px, 2 of 3 latent frames with a gradient" in {p.note for p in e.parts[2]}
+    # decode_grad_frames bounds the decode (wan.yaml: 2 latent frames); null keeps every frame's graph
+    assert base["activations: VAE decode"] < rows("backbone.decode_grad_frames=null")[1]["activations: VAE decode"]
+    # an image reward scores `frames` evenly spaced frames of each video in one batch
+    one = rows("rewards=[{name: hpsv2.1, frames: 1}]")[1]["activations: rewards"]
+    two = rows("rewards=[{name: hpsv2.1, frames: 2}]")[1]["activations: rewards"]
+    assert 1.9 < two / one < 2.1
+    # guidance in the student's call doubles its batch (cond + uncond in one pass)
+    assert 1.8 < rows("student.guidance_scale=3")[1]["activations: student"] / base["activations: student"] < 2.2
+
+
+def test_a_hub_path_other_than_the_shipped_model_is_noted():
+    """Without a local folder the shipped 1.3B architecture is counted; the 14B repository is named in a note."""
+    e = est.estimate(_wan_cfg("backbone.path=Wan-AI/Wan2.1-T2V-14B-Diffusers"), source="x")
+    assert e.params["denoiser"] == 1_418_996_800
+    assert len(e.notes) == 1 and "Wan-AI/Wan2.1-T2V-14B-Diffusers is not a local folder" in e.notes[0]
+    assert est.estimate(_wan_cfg(), source="x").notes == []
+
+
 def test_markdown_table_divides_model_states_over_ranks(tiny_sd15):
     e = est.estimate(_tiny_cfg(tiny_sd15, "train.precision=fp32"), source="tiny")
     table = est.markdown(e, ranks=(1, 4)).splitlines()
@@ -222,18 +313,19 @@ def test_markdown_table_divides_model_states_over_ranks(tiny_sd15):
 
 @pytest.mark.slow
 def test_the_will_it_fit_table_in_the_docs_is_what_the_command_prints():
-    """docs/backbones.md's tables come from `rats estimate experiments/<b>.yaml --markdown` (checked for sd15),
-    run as a user runs it: in its own process (earlier tests in this one register tiny models, e.g. a tiny
-    open_clip config, that would change the figures)."""
+    """docs/backbones.md's tables come from `rats estimate experiments/<b>.yaml --markdown` (checked for sd15
+    and the video backbone, wan), run as a user runs it: in its own process (earlier tests in this one register
+    tiny models, e.g. a tiny open_clip config, that would change the figures)."""
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "rats_core.cli", "estimate", "experiments/sd15.yaml", "--markdown"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    table = proc.stdout.strip()
     docs = (REPO / "docs" / "backbones.md").read_text()
-    assert "rats estimate experiments/sd15.yaml --markdown" in docs and table in docs
+    for name in ("sd15", "wan"):
+        proc = subprocess.run([sys.executable, "-m", "rats_core.cli", "estimate", f"experiments/{name}.yaml",
+                               "--markdown"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        table = proc.stdout.strip()
+        assert f"rats estimate experiments/{name}.yaml --markdown" in docs and table in docs, name
 
 
 def test_student_calls_with_a_graph_follow_grad_steps_and_horizons():

@@ -1,6 +1,6 @@
 """Architecture configs of the real models rats supports, shipped without weights.
 
-One JSON file per model (``sd15``, ``sdxl``, ``pixart``, ``flux``, and the reward towers ``imagereward``,
+One JSON file per model (``sd15``, ``sdxl``, ``pixart``, ``flux``, ``wan``, and the reward towers ``imagereward``,
 ``hps``, ``pickscore``): the diffusers / transformers ``config.json`` of each part, copied from the public
 model repositories, plus the published parameter counts they are checked against
 (``tests/test_estimate.py``). :mod:`rats_core.estimate` builds them on the meta device to count memory;
