@@ -105,7 +105,7 @@ def hacking(s: Mapping[str, Any], t: Mapping[str, Any], b: Mapping[str, Any] | N
         if JUDGE_KEY in s and JUDGE_KEY in ref and s[JUDGE_KEY] < ref[JUDGE_KEY]:
             worse.append(f"judge accuracy below the {who}'s ({s[JUDGE_KEY]:.3f} < {ref[JUDGE_KEY]:.3f})")
         if FID_KEY in s and FID_KEY in ref and s[FID_KEY] > ref[FID_KEY]:
-            worse.append(f"FID above the {who}'s ({s[FID_KEY]:.1f} > {ref[FID_KEY]:.1f})")
+            worse.append(f"FID above the {who}'s ({s[FID_KEY]:.3g} > {ref[FID_KEY]:.3g})")
     reward_up = b is not None and s["reward"] > b["reward"]
     return {"flag": bool(reward_up and worse), "reward_up_over_base": reward_up, "worse": worse}
 

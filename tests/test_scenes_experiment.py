@@ -41,6 +41,12 @@ def test_verdict_flags_reward_hacking_and_failed_criteria():
     assert "REWARD HACKING" in v["summary"] and "Reward hacking flagged" in markdown(v)
 
 
+def test_reward_hacking_reasons_print_small_fids_readably():
+    # FIDs of the scenes world are below 1: "0.6 > 0.5" hid how far apart they are
+    v = verdict({"base": _entry(1.0, 0.27, 0.718), "teacher": _entry(2.0, 0.56, 0.474), "student": _entry(3.0, 0.28, 0.555)})
+    assert "FID above the teacher's (0.555 > 0.474)" in v["reward_hacking"]["worse"]
+
+
 def test_verdict_reward_equal_is_not_a_win_and_missing_metrics_are_not_measured():
     v = verdict({"teacher": {"reward": 1.0, "n": 10}, "student": {"reward": 1.0, "n": 10}})
     assert not v["reward"]["holds"] and v["judge"] is None and v["realism"] is None and not v["all_hold"]
