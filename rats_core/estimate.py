@@ -567,8 +567,9 @@ class _BackboneModel:
             factor = int(vae.config.scale_factor_spatial)
         else:
             factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        default = _VIDEO_DENOISERS[spec["class"]][0] if video else den.config.sample_size * factor
-        self.resolution = int(cfg.backbone.resolution or arch.get("resolution") or default)
+        # the denoiser's own size only when neither the config nor the arch gives one (FLUX's has none)
+        self.resolution = int(cfg.backbone.resolution or arch.get("resolution") or
+                              (_VIDEO_DENOISERS[spec["class"]][0] if video else den.config.sample_size * factor))
         self.side = self.resolution // factor
         width = int(opts.get("width") or self.resolution) if video else self.resolution
         latent_hw = (self.side, width // factor)
