@@ -1,10 +1,10 @@
 """Does the scenes reward see what the judge sees -- on the base model's *own* images?
 
-    python benchmarks/scenes_reward.py [--clip FOLDER ...] [--prompts FILE] [--per-prompt 4] [--steps 2,50]
+    python benchmarks/scenes_reward.py [--clip FOLDER ...] [--prompts FILE] [--per-prompt 4] [--steps 2,50] [--pipeline FOLDER]
 
 The reward CLIP is trained on clean renders; RATS scores the generator's soft, sometimes malformed
-images with it. This samples the shipped base pipeline (plugins/scenes/weights/pipeline) on the given
-prompts (default ``experiments/prompts/scenes_val.txt``: *train* combinations, so that choosing a
+images with it. This samples the shipped base pipeline (plugins/scenes/weights/pipeline; ``--pipeline``
+another) on the given prompts (default ``experiments/prompts/scenes_val.txt``: *train* combinations, so that choosing a
 reward by this never looks at the held-out prompts), ``--per-prompt`` images each from fixed noise,
 grades them with the judge and scores them with each ``--clip`` folder (through the stock
 ``pickscore`` reward). Per CLIP and sampler steps:
@@ -54,9 +54,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", default="2,50")
     ap.add_argument("--guidance-scale", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=4321)
+    ap.add_argument("--pipeline", default=None, help="the base pipeline folder whose images are scored (default: the shipped one)")
     args = ap.parse_args(argv)
 
-    backbone, prompts, noise = scenes_base_samples(args.prompts, args.per_prompt, args.seed)
+    backbone, prompts, noise = scenes_base_samples(args.prompts, args.per_prompt, args.seed, args.pipeline)
     from rats_core.evaluate import generate
     from rats_plugins.rewards.pickscore import pickscore
     from rats_plugins.scenes import world
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     pairs = [world.render_counterfactual(p, rng) for p in prompts]
     kinds = np.array([p[2] for p in pairs])
-    out = {"benchmark": "scenes_reward", "prompts": args.prompts, "images_per_prompt": args.per_prompt,
+    out = {"benchmark": "scenes_reward", "pipeline": args.pipeline or str(WEIGHTS / "pipeline"),
+           "prompts": args.prompts, "images_per_prompt": args.per_prompt,
            "judge_right_rate": {str(k): round(float(np.mean([g["all"] for g in gs])), 3) for k, gs in grades.items()},
            "machine": machine(), "clips": {}}
     for folder in args.clip:

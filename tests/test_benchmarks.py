@@ -112,7 +112,10 @@ def test_scenes_reward_agreement_reports_per_clip_and_category(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(world.split_prompts("train")[:6]))
     clip = str(REPO / "plugins" / "scenes" / "weights" / "clip")
-    out = bench("scenes_reward.py", "--clip", clip, "--prompts", str(prompts), "--per-prompt", "2", "--steps", "1,2")
+    pipeline = str(REPO / "plugins" / "scenes" / "weights" / "pipeline")
+    out = bench("scenes_reward.py", "--clip", clip, "--prompts", str(prompts), "--per-prompt", "2", "--steps", "1,2",
+                "--pipeline", pipeline)
+    assert out["pipeline"] == pipeline
     res = out["clips"][clip]
     assert set(res) == {"1_steps", "2_steps", "counterfactual"}
     for cat in ("all", "count", "colour", "shape"):
