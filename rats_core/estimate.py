@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -75,8 +76,8 @@ _LORA_TARGETS = {
     "wan": ("rats_plugins.backbones.wan", "WAN_LORA_TARGETS"),
 }
 #: denoisers whose latents are videos ``[B, C, F', h, w]`` (their VAE decodes frames ``[B, 3, F, H, W]``) ->
-#: the backbone's default frame height and frame count (plugins/backbones/wan.py)
-_VIDEO_DENOISERS = {"WanTransformer3DModel": (480, 81)}
+#: the backbone module with their defaults (DEFAULT_HEIGHT, DEFAULT_NUM_FRAMES) and decode (decode_frames)
+_VIDEO_DENOISERS = {"WanTransformer3DModel": "rats_plugins.backbones.wan"}
 #: reward name -> shipped architecture
 REWARD_ARCHS = {"imagereward": "imagereward", "hpsv2": "hps", "hpsv2.1": "hps", "hps": "hps",
                 "pickscore": "pickscore"}
@@ -450,8 +451,6 @@ def _lora_trainable(module: nn.Module, cfg: RatsConfig, backbone: str, default: 
 
     targets = default
     if targets is None and backbone in _LORA_TARGETS:
-        import importlib
-
         mod, attr = _LORA_TARGETS[backbone]
         targets = list(getattr(importlib.import_module(mod), attr))
     apply_lora(module, cfg.student.lora, targets or [])
@@ -569,13 +568,14 @@ class _BackboneModel:
             factor = 2 ** (len(vae.config.block_out_channels) - 1)
         # the denoiser's own size only when neither the config nor the arch gives one (FLUX's has none)
         self.resolution = int(cfg.backbone.resolution or arch.get("resolution") or
-                              (_VIDEO_DENOISERS[spec["class"]][0] if video else den.config.sample_size * factor))
+                              (_video_module(spec["class"]).DEFAULT_HEIGHT if video else den.config.sample_size * factor))
         self.side = self.resolution // factor
         width = int(opts.get("width") or self.resolution) if video else self.resolution
         latent_hw = (self.side, width // factor)
         latent_frames = 1
         if video:  # F video frames are (F - 1) / t + 1 latent frames (plugins/backbones/wan.py)
-            self.frames = int(opts.get("num_frames") or arch.get("num_frames") or _VIDEO_DENOISERS[spec["class"]][1])
+            self.frames = int(opts.get("num_frames") or arch.get("num_frames") or
+                              _video_module(spec["class"]).DEFAULT_NUM_FRAMES)
             latent_frames = (self.frames - 1) // int(vae.config.scale_factor_temporal) + 1
         for role, part in arch["parts"].items():
             if role == "denoiser":
@@ -675,16 +675,18 @@ class _BackboneModel:
         return self
 
 
+def _video_module(denoiser: str):
+    """The backbone module of a video denoiser class (its defaults and its decode)."""
+    if denoiser not in _VIDEO_DENOISERS:
+        raise ValueError(f"no video recipe for denoiser class {denoiser}")
+    return importlib.import_module(_VIDEO_DENOISERS[denoiser])
+
+
 def _video_decode(denoiser: str, vae: nn.Module, decode_grad_frames: int | None) -> Callable[[Tensor], Tensor]:
     """The video backbone's own differentiable decode (its per-frame gradient option included), run on the
-    meta-built VAE: the backbone object is not constructed, so no weights are looked for."""
-    if denoiser != "WanTransformer3DModel":
-        raise ValueError(f"no video decode recipe for denoiser class {denoiser}")
-    from rats_plugins.backbones.wan import WanBackbone
-
-    shell = WanBackbone.__new__(WanBackbone)
-    shell.vae, shell.decode_grad_frames = vae, decode_grad_frames
-    return shell.decode
+    meta-built VAE: no backbone is constructed, so no weights are looked for."""
+    decode_frames = _video_module(denoiser).decode_frames
+    return lambda z: decode_frames(vae, z, decode_grad_frames)
 
 
 def _images_per_sample(bb: "_BackboneModel", frames: int | None) -> int:

@@ -51,6 +51,9 @@ from ._diffusers_common import (
 )
 
 DEFAULT_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+#: frame height (px) and video frames when the config gives none (``rats estimate`` uses them too)
+DEFAULT_HEIGHT = 480
+DEFAULT_NUM_FRAMES = 81
 
 TRANSFORMER = Part("transformer", "the Wan transformer, WanTransformer3DModel")
 VAE = Part("vae", "the video VAE, AutoencoderKLWan")
@@ -133,7 +136,7 @@ class WanBackbone(DiffusersBackbone):
         *,
         resolution: int | None = None,
         width: int | None = None,
-        num_frames: int = 81,
+        num_frames: int = DEFAULT_NUM_FRAMES,
         device: str | None = None,
         dtype: str = "bf16",
         denoiser_dtype: str = "bf16",
@@ -178,7 +181,7 @@ class WanBackbone(DiffusersBackbone):
         self.vae_factor = int(self.vae.config.scale_factor_spatial)
         self.temporal_factor = int(self.vae.config.scale_factor_temporal)
         multiple = self.vae_factor * int(transformer.config.patch_size[1])
-        height = resolution or 480
+        height = resolution or DEFAULT_HEIGHT
         width = width or height
         for what, side in (("resolution", height), ("width", width)):
             if side <= 0 or side % multiple:
@@ -227,43 +230,9 @@ class WanBackbone(DiffusersBackbone):
         return frame_indices(latent_frames, self.decode_grad_frames)
 
     def decode(self, x0: Tensor) -> Tensor:
-        """Latents ``[B, 16, F', h, w]`` to frames ``[B, 3, F, H, W]`` in [0, 1], differentiable.
-
-        The VAE decodes one latent frame at a time (each yields 4 video frames, the first one 1), carrying a
-        causal cache. With ``decode_grad_frames`` set, only that many evenly spaced latent frames are decoded
-        with a gradient; the others are decoded without one (their values are exact, the cache they leave is
-        a constant), which bounds the decode's activation memory, the largest part of a video step.
-        """
-        c = self.vae.config
-        z = x0.to(next(self.vae.parameters()).device)
-        shape = (1, -1, 1, 1, 1)
-        mean = torch.tensor(c.latents_mean, device=z.device, dtype=z.dtype).reshape(shape)
-        std = torch.tensor(c.latents_std, device=z.device, dtype=z.dtype).reshape(shape)
-        z = (z * std + mean).to(module_dtype(self.vae))
-        grad_frames = self.grad_latent_frames(z.shape[2])
-        partial = torch.is_grad_enabled() and z.requires_grad and len(grad_frames) < z.shape[2]
-        if partial and getattr(c, "patch_size", None) is None and not getattr(self.vae, "use_tiling", False):
-            video = self._decode_some_with_grad(z, set(grad_frames))
-        else:
-            video = self.vae.decode(z, return_dict=False)[0]
-        return (video.float() / 2 + 0.5).clamp(0, 1).to(x0.device)
-
-    def _decode_some_with_grad(self, z: Tensor, grad_frames: set[int]) -> Tensor:
-        """``AutoencoderKLWan._decode``'s frame loop (same values), with a gradient only for ``grad_frames``."""
-        vae = self.vae
-        vae.clear_cache()
-        try:
-            x = vae.post_quant_conv(z)
-            outs = []
-            for i in range(z.shape[2]):
-                vae._conv_idx = [0]
-                extra = {"first_chunk": True} if i == 0 else {}
-                with torch.enable_grad() if i in grad_frames else torch.no_grad():
-                    outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
-                                            **extra))
-        finally:
-            vae.clear_cache()
-        return torch.cat(outs, 2).clamp(-1.0, 1.0)
+        """Latents ``[B, 16, F', h, w]`` to frames ``[B, 3, F, H, W]`` in [0, 1], differentiable
+        (:func:`decode_frames` with this backbone's ``decode_grad_frames``)."""
+        return decode_frames(self.vae, x0, self.decode_grad_frames)
 
     # -- σ and the network
 
@@ -382,11 +351,55 @@ def cast_saved_weights(folder: Path, dtype: torch.dtype) -> None:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def decode_frames(vae: nn.Module, x0: Tensor, decode_grad_frames: int | None = None) -> Tensor:
+    """Wan latents ``[B, 16, F', h, w]`` to frames ``[B, 3, F, H, W]`` in [0, 1] through ``vae``
+    (an ``AutoencoderKLWan``), differentiable.
+
+    The VAE decodes one latent frame at a time (each yields 4 video frames, the first one 1), carrying a
+    causal cache. With ``decode_grad_frames`` set, only that many evenly spaced latent frames are decoded
+    with a gradient; the others are decoded without one (their values are exact, the cache they leave is
+    a constant), which bounds the decode's activation memory, the largest part of a video step.
+    ``rats estimate`` traces this same function on a meta-device VAE.
+    """
+    from rats_core.rewards import frame_indices
+
+    c = vae.config
+    z = x0.to(next(vae.parameters()).device)
+    shape = (1, -1, 1, 1, 1)
+    mean = torch.tensor(c.latents_mean, device=z.device, dtype=z.dtype).reshape(shape)
+    std = torch.tensor(c.latents_std, device=z.device, dtype=z.dtype).reshape(shape)
+    z = (z * std + mean).to(module_dtype(vae))
+    grad_frames = frame_indices(z.shape[2], decode_grad_frames)
+    partial = torch.is_grad_enabled() and z.requires_grad and len(grad_frames) < z.shape[2]
+    if partial and getattr(c, "patch_size", None) is None and not getattr(vae, "use_tiling", False):
+        video = _decode_some_with_grad(vae, z, set(grad_frames))
+    else:
+        video = vae.decode(z, return_dict=False)[0]
+    return (video.float() / 2 + 0.5).clamp(0, 1).to(x0.device)
+
+
+def _decode_some_with_grad(vae: nn.Module, z: Tensor, grad_frames: set[int]) -> Tensor:
+    """``AutoencoderKLWan._decode``'s frame loop (same values), with a gradient only for ``grad_frames``."""
+    vae.clear_cache()
+    try:
+        x = vae.post_quant_conv(z)
+        outs = []
+        for i in range(z.shape[2]):
+            vae._conv_idx = [0]
+            extra = {"first_chunk": True} if i == 0 else {}
+            with torch.enable_grad() if i in grad_frames else torch.no_grad():
+                outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                        **extra))
+    finally:
+        vae.clear_cache()
+    return torch.cat(outs, 2).clamp(-1.0, 1.0)
+
+
 def wan(
     path: str | None = None,
     resolution: Annotated[int, Field(gt=0)] | None = None,
     width: Annotated[int, Field(gt=0)] | None = None,
-    num_frames: Annotated[int, Field(gt=0)] = 81,
+    num_frames: Annotated[int, Field(gt=0)] = DEFAULT_NUM_FRAMES,
     device: str | None = None,
     dtype: DtypeName = "bf16",
     denoiser_dtype: DtypeName = "bf16",
