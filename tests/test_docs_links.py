@@ -22,14 +22,21 @@ def slug(heading: str) -> str:
     return text.replace(" ", "-")
 
 
+def prose(path: Path):
+    """``(line number, line)`` of a markdown file outside its fenced code blocks."""
+    fenced = False
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            yield n, line
+
+
 def anchors(path: Path) -> set[str]:
     out: set[str] = set()
     seen: dict[str, int] = {}
-    fenced = False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-        if fenced or not re.match(r"#{1,6} ", line):
+    for _, line in prose(path):
+        if not re.match(r"#{1,6} ", line):
             continue
         base = slug(line.lstrip("#"))
         n = seen.get(base, 0)
@@ -46,12 +53,8 @@ def test_slug_matches_github():
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(doc):
-    fenced, bad = False, []
-    for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-        if fenced:
-            continue
+    bad = []
+    for n, line in prose(doc):
         for target in LINK.findall(line):
             if re.match(r"[a-z]+:", target):  # http(s):, mailto:
                 continue
