@@ -111,6 +111,13 @@ class TeacherConfig(_Strict):
     #: ``superset``: the teacher schedule is built to contain every student σ;
     #: ``nearest``: use the backbone's N-step schedule and match the nearest σ (warns when inexact)
     alignment: Literal["superset", "nearest"] = "superset"
+    #: what the student's x0-prediction at each matched horizon is compared with [choice]:
+    #: ``prediction``: the teacher's own x0-prediction at the same σ (METHOD.md §4, the default);
+    #: ``sample``: the teacher's final N-step sample from the same noise, the end of the trajectory
+    #: the student should reach (knowledge-distillation style; no extra teacher passes);
+    #: ``continuation``: the teacher's sample continued from the *student's own* state at each horizon
+    #: (on-policy; one more teacher rollout from each horizon after the first)
+    target: Literal["prediction", "sample", "continuation"] = "prediction"
     #: compile the teacher's network with ``torch.compile`` (its N no-gradient forward passes dominate
     #: a step); a one-off compile time for faster steps, mainly on GPUs
     compile: bool = False

@@ -20,12 +20,18 @@ from .shaping import shape_loss, validate_horizons
 from .sigmas import align_schedules
 from .timing import PhaseTimer
 
+#: what the student is matched against at each horizon (``teacher.target``)
+TEACHER_TARGETS = ("prediction", "sample", "continuation")
+
 
 @dataclass
 class ObjectiveSettings:
     student_steps: int = 4
     teacher_steps: int = 50
     alignment: str = "superset"
+    #: ``prediction``: the teacher's x0-prediction at each student σ; ``sample``: its final sample;
+    #: ``continuation``: its sample continued from the student's own state at each horizon
+    teacher_target: str = "prediction"
     grad_steps: int = 1
     alpha: float = 1.0
     beta: float = 1.0
@@ -44,6 +50,7 @@ class ObjectiveSettings:
             student_steps=cfg.student.steps,
             teacher_steps=cfg.teacher.steps,
             alignment=cfg.teacher.alignment,
+            teacher_target=cfg.teacher.target,
             grad_steps=cfg.student.grad_steps,
             alpha=cfg.loss.alpha,
             beta=cfg.loss.beta,
@@ -85,6 +92,8 @@ class RatsObjective:
         self.gate = gate
         self.gate_name = gate_name
         self.s = settings
+        if settings.teacher_target not in TEACHER_TARGETS:
+            raise ValueError(f"teacher target must be one of {TEACHER_TARGETS}, got {settings.teacher_target!r}")
         self.schedules = align_schedules(
             backbone.sigmas(settings.student_steps), backbone.sigmas(settings.teacher_steps), settings.alignment
         )
@@ -122,7 +131,8 @@ class RatsObjective:
         sched = self.schedules
         # Not a teacher-index -> student-step dict: with `nearest` alignment two student steps can
         # share one teacher step, and each still needs its teacher prediction.
-        keep = sorted({sched.teacher_index[k] for k in self.horizon_steps})
+        by_sample = self.s.teacher_target != "prediction"  # a continuation from σ_0 is the sample itself
+        keep = [] if by_sample else sorted({sched.teacher_index[k] for k in self.horizon_steps})
         r = rollout(
             self.backbone,
             teacher,
@@ -134,8 +144,33 @@ class RatsObjective:
         )
         images = self.backbone.decode(r.final)
         reward, parts = self.rewards(images, prompts)
-        x0 = {k: r.x0[sched.teacher_index[k]] for k in self.horizon_steps}
+        if by_sample:  # every horizon is pulled towards where the teacher's trajectory ends
+            x0 = {k: r.final for k in self.horizon_steps}
+        else:
+            x0 = {k: r.x0[sched.teacher_index[k]] for k in self.horizon_steps}
         return TeacherOutput(x0, r.final, images, reward, parts)
+
+    def teacher_continuations(self, teacher: nn.Module, states: dict[int, Tensor], cond: Any,
+                              teacher_out: TeacherOutput) -> dict[int, Tensor]:
+        """``teacher.target: continuation``: the teacher's sample continued from the student's own
+        (detached) state at each horizon, along the teacher schedule's tail from that σ; the first
+        student step starts from the shared noise, where the continuation is the teacher's sample."""
+        sched = self.schedules
+        out = {}
+        ctx = torch.inference_mode() if self.s.teacher_inference_mode else torch.no_grad()
+        for k in self.horizon_steps:
+            if k == 0:
+                out[k] = teacher_out.final
+                continue
+            # the teacher's schedule from the student's σ_k on (exact under `superset`; under `nearest`
+            # the continuation still starts at σ_k, where the student's state is)
+            tail = sched.teacher[sched.teacher_index[k]:].clone()
+            tail[0] = sched.student[k]
+            with ctx:
+                r = rollout(self.backbone, teacher, None, cond, tail.to(states[k].device),
+                            guidance_scale=self.s.teacher_guidance, keep=(), start=states[k])
+            out[k] = r.final.clone() if self.s.teacher_inference_mode else r.final
+        return out
 
     def student_rollout(self, student: nn.Module, noise: Tensor, cond: Any):
         return rollout(
@@ -149,6 +184,7 @@ class RatsObjective:
             local_grad_steps=self.horizon_steps if self.s.alpha > 0 and self.s.horizon_gradients else (),
             keep=self.horizon_steps,
             checkpointing=self.s.checkpointing,
+            keep_states=self.horizon_steps if self.s.teacher_target == "continuation" else (),
         )
 
     def gate_values(self, teacher_reward: Tensor, student_reward: Tensor) -> Tensor:
@@ -184,13 +220,17 @@ class RatsObjective:
             t = teacher_out if teacher_out is not None else self.teacher_rollout(teacher, noise, cond, prompts)
         with timer.phase("student_rollout"):
             s = self.student_rollout(student, noise, cond)
+        teacher_x0 = t.x0
+        if self.s.teacher_target == "continuation" and self.s.alpha > 0:
+            with timer.phase("teacher_continuation"):
+                teacher_x0 = self.teacher_continuations(teacher, s.states, cond, t)
         with timer.phase("student_reward"):
             images = self.backbone.decode(s.final)
             r_s, parts_s = self.rewards(images, prompts)
         with timer.phase("loss"):
             g = self.gate_values(t.reward, r_s)
             if self.s.alpha > 0:
-                l_shape = shape_loss(s.x0, t.x0, self.horizons, self.s.cosine_weight, self.s.l2_weight)
+                l_shape = shape_loss(s.x0, teacher_x0, self.horizons, self.s.cosine_weight, self.s.l2_weight)
             else:
                 l_shape = torch.zeros_like(r_s)
             per_sample = -self.s.beta * r_s + self.s.alpha * g * l_shape

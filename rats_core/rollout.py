@@ -20,12 +20,14 @@ class Rollout:
     x0: dict[int, Tensor] = field(default_factory=dict)
     #: the final latent at σ = 0
     final: Tensor | None = None
+    #: the (detached) latent at σ_j before step j, for each step index in ``keep_states``
+    states: dict[int, Tensor] = field(default_factory=dict)
 
 
 def rollout(
     backbone: Backbone,
     denoiser: nn.Module,
-    noise: Tensor,
+    noise: Tensor | None,
     cond: Any,
     sigmas: Tensor,
     *,
@@ -34,6 +36,8 @@ def rollout(
     local_grad_steps: Iterable[int] = (),
     keep: Iterable[int] | None = None,
     checkpointing: bool = False,
+    keep_states: Iterable[int] = (),
+    start: Tensor | None = None,
 ) -> Rollout:
     """Sample from ``noise`` along ``sigmas`` with deterministic DDIM steps.
 
@@ -42,12 +46,16 @@ def rollout(
     matched horizons) also keep the gradient of their own network evaluation, but their input is a
     detached state and their output is detached before it moves the trajectory on, so no gradient
     crosses steps outside the last ``grad_steps``. ``grad_steps=0`` and no local steps: no gradient.
+
+    ``start``: begin from this latent at ``sigmas[0]`` instead of the noise scaled to it (a
+    continuation of another trajectory); ``keep_states``: keep the latent before those steps.
     """
     n = len(sigmas) - 1
     first_chain = n - grad_steps
     local = set(local_grad_steps)
     keep_set = set(range(n)) if keep is None else set(keep)
-    x = initial_latents(noise, sigmas[0], backbone.interpolation)
+    x = initial_latents(noise, sigmas[0], backbone.interpolation) if start is None else start
+    keep_state_set = set(keep_states)
     out = Rollout(sigmas=sigmas)
     # Read once: testing `sigmas[j + 1] > 0` on a GPU tensor every step would synchronise each step.
     last_step = [s > 0 for s in sigmas.tolist()[1:]]
@@ -59,6 +67,8 @@ def rollout(
         with_grad = chain or j in local
         if not chain:
             x = x.detach()
+        if j in keep_state_set:
+            out.states[j] = x.detach()
         with torch.enable_grad() if with_grad and grad_enabled else torch.no_grad():
             if with_grad and checkpointing and grad_enabled:
                 x0 = checkpoint(

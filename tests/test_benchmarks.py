@@ -174,9 +174,13 @@ def _train(tmp_path, *overrides):
         trainer.cleanup()
 
 
-def test_teacher_cache_trains_exactly_like_recomputing_the_frozen_teacher(tmp_path):
-    plain, _ = _train(tmp_path / "a", "teacher.kind=frozen", "data.noise_pool=2")
-    cached, cache = _train(tmp_path / "b", "teacher.kind=frozen", "data.noise_pool=2", "teacher.cache=true")
+@pytest.mark.parametrize("target", ["prediction", "continuation"])
+def test_teacher_cache_trains_exactly_like_recomputing_the_frozen_teacher(tmp_path, target):
+    """With ``teacher.target: continuation`` the cache keeps the teacher's own rollout and the
+    continuations from the student's states are computed afresh every step."""
+    common = ("teacher.kind=frozen", "data.noise_pool=2", f"teacher.target={target}")
+    plain, _ = _train(tmp_path / "a", *common)
+    cached, cache = _train(tmp_path / "b", *common, "teacher.cache=true")
     assert all(torch.equal(plain[k], cached[k]) for k in plain)
     assert (cache.misses, cache.hits) == (2, 4) and len(cache) == 2
 

@@ -8,6 +8,7 @@ import torch
 from rats_core.errors import PluginError
 from rats_core.objective import ObjectiveSettings, RatsObjective
 from rats_core.rewards import RewardSet, WeightedReward
+from rats_core.rollout import rollout
 from rats_core.shaping import horizon_distance
 from rats_core.teacher import Teacher
 from rats_plugins.gates import constant, sigmoid
@@ -221,3 +222,97 @@ def test_horizon_gradients_option_controls_the_early_horizons_gradient(horizon_g
     assert moved is horizon_gradients  # off: the matched step ran under no_grad, nothing trains through it
     kept = obj.student_rollout(student, noise, b.encode_prompts(PROMPTS)).x0[0]
     assert kept.requires_grad is horizon_gradients
+
+
+def test_teacher_target_sample_matches_every_horizon_to_the_teachers_final_sample():
+    """``teacher.target: sample``: each horizon's target is the teacher's final N-step sample from the
+    same noise (not its x0-prediction at that σ), and the first horizon is no longer a zero distance."""
+    b, student, teacher, obj, noise = _setup("flow", teacher_target="sample")
+    cond = b.encode_prompts(PROMPTS)
+    t = obj.teacher_rollout(teacher, noise, cond, PROMPTS)
+    assert sorted(t.x0) == [0, 1, 2]
+    for k in range(3):
+        assert torch.equal(t.x0[k], t.final)
+    by_prediction = RatsObjective(b, _rewards(), sigmoid(tau=0.05), all_steps("late"), ObjectiveSettings(
+        student_steps=3, teacher_steps=12, alpha=2.0, beta=0.7)).teacher_rollout(teacher, noise, cond, PROMPTS)
+    assert torch.equal(by_prediction.final, t.final)
+    assert not torch.allclose(by_prediction.x0[0], t.final)  # the σ_0 prediction is not the sample
+
+    same = RatsObjective(b, _rewards(), sigmoid(), explicit(steps=[0]),
+                         ObjectiveSettings(student_steps=2, teacher_steps=10, teacher_target="sample"))
+    _, metrics = same(b.denoiser, teacher, PROMPTS, noise)
+    assert metrics["shape_loss"].item() > 1e-3  # the student's first prediction vs where the teacher ends
+
+    with pytest.raises(ValueError, match="teacher target must be one of"):
+        RatsObjective(b, _rewards(), sigmoid(), all_steps(), ObjectiveSettings(teacher_target="final"))
+
+
+def test_teacher_target_from_config(toy_config):
+    from rats_core.config import load_config
+    from rats_core.errors import ConfigError
+
+    assert ObjectiveSettings.from_config(load_config(toy_config)).teacher_target == "prediction"
+    cfg = load_config(toy_config, ["teacher.target=sample"])
+    assert ObjectiveSettings.from_config(cfg).teacher_target == "sample"
+    with pytest.raises(ConfigError, match="target"):
+        load_config(toy_config, ["teacher.target=endpoint"])
+
+
+def test_teacher_target_continuation_starts_the_teacher_from_the_students_state():
+    """``teacher.target: continuation`` (on-policy): horizon k's target is the teacher's rollout to σ = 0
+    from the student's own state at σ_k, along the teacher schedule's tail; at k = 0 (the shared noise)
+    it is the teacher's sample."""
+    b, student, teacher, obj, noise = _setup("flow", teacher_target="continuation")
+    cond = b.encode_prompts(PROMPTS)
+    t = obj.teacher_rollout(teacher, noise, cond, PROMPTS)
+    s = obj.student_rollout(student, noise, cond)
+    assert sorted(s.states) == [0, 1, 2] and not any(v.requires_grad for v in s.states.values())
+    targets = obj.teacher_continuations(teacher, s.states, cond, t)
+    assert torch.equal(targets[0], t.final)
+    sched = obj.schedules
+    for k in (1, 2):
+        tail = sched.teacher[sched.teacher_index[k]:]
+        assert tail[0] == sched.student[k]  # superset: the teacher passes through the student's σ_k
+        by_hand = rollout(b, teacher, None, cond, tail, keep=(), start=s.states[k]).final
+        assert torch.allclose(targets[k], by_hand)
+        assert not torch.allclose(targets[k], t.final, atol=1e-4)  # the student drifted: another endpoint
+
+    loss, metrics = obj(student, teacher, PROMPTS, noise)
+    r_s, _ = obj.rewards(b.decode(s.final), PROMPTS)
+    d = [horizon_distance(s.x0[k], targets[k]) for k in range(3)]
+    expected = (-0.7 * r_s + 2.0 * obj.gate_values(t.reward, r_s) * (d[0] + 2 * d[1] + 3 * d[2]) / 6).mean()
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_continuation_equals_the_sample_when_the_student_walks_the_teachers_path():
+    """Same network, same schedule (K = N): the student's states are the teacher's, so every continuation
+    ends at the teacher's sample and the two targets give the same loss."""
+    b = ToyBackbone(interpolation="ve")
+    teacher = Teacher(b.denoiser).module
+    noise = torch.randn(b.latent_shape(3))
+    losses = []
+    for target in ("sample", "continuation"):
+        obj = RatsObjective(b, _rewards(), sigmoid(), all_steps(),
+                            ObjectiveSettings(student_steps=4, teacher_steps=4, teacher_target=target))
+        losses.append(obj(b.denoiser, teacher, PROMPTS, noise)[0])
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+
+
+def test_continuation_under_nearest_alignment_starts_at_the_students_sigma():
+    """``nearest``: the teacher has no step at the student's σ_1 = 0.95; the continuation starts there (where
+    the student's state is) and follows the teacher's remaining σ's."""
+
+    class Coarse(ToyBackbone):
+        def sigmas(self, n):
+            return {2: torch.tensor([1.0, 0.95, 0.0]), 3: torch.tensor([1.0, 0.5, 0.25, 0.0])}[n]
+
+    b = Coarse()
+    obj = RatsObjective(b, _rewards(), sigmoid(), all_steps(), ObjectiveSettings(
+        student_steps=2, teacher_steps=3, alignment="nearest", teacher_target="continuation"))
+    noise = torch.randn(b.latent_shape(2))
+    cond = b.encode_prompts(PROMPTS[:2])
+    t = obj.teacher_rollout(b.denoiser, noise, cond, PROMPTS[:2])
+    s = obj.student_rollout(b.denoiser, noise, cond)
+    got = obj.teacher_continuations(b.denoiser, s.states, cond, t)[1]
+    by_hand = rollout(b, b.denoiser, None, cond, torch.tensor([0.95, 0.5, 0.25, 0.0]), keep=(), start=s.states[1])
+    assert torch.allclose(got, by_hand.final)
