@@ -16,11 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from .commands import arg, command
-from .interfaces import metric_marks
+from .interfaces import SCORES_VIDEO_ATTRIBUTE, metric_marks
 from .prompts import load_prompts
+from .rewards import DEFAULT_REWARD_FRAMES, video_frames
 from .rollout import rollout
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .report import Mark
     from .trainer import Trainer
 
 
@@ -62,7 +64,8 @@ def generate(
     device: torch.device | str = "cpu",
     progress: Any = None,
 ) -> Tensor:
-    """Images ``[n, 3, H, W]`` in [0, 1] (on CPU) for ``prompts`` sampled with ``steps`` steps."""
+    """Images ``[n, 3, H, W]`` in [0, 1] (on CPU) for ``prompts`` sampled with ``steps`` steps (a video
+    backbone's videos ``[n, 3, F, H, W]``)."""
     out = []
     sigmas = backbone.sigmas(steps).to(device)
     for i in range(0, len(prompts), batch_size):
@@ -112,14 +115,43 @@ def build_metrics(cfg: Any) -> list[tuple[str, Any]]:
     ]
 
 
+def metric_input(metric: Any, images: Tensor, prompts: Sequence[str]) -> tuple[Tensor, list[str]]:
+    """What a metric is given: images as they are; videos ``[B, 3, F, H, W]`` as image rewards see them,
+    ``DEFAULT_REWARD_FRAMES`` evenly spaced frames of each (:func:`rats_core.rewards.video_frames`, one
+    batch of images, each with its video's prompt), unless the metric declares ``scores_video``."""
+    if images.dim() == 5 and not getattr(metric, SCORES_VIDEO_ATTRIBUTE, False):
+        return video_frames(images, prompts, DEFAULT_REWARD_FRAMES)
+    return images, list(prompts)
+
+
+def grid_marker(metrics: Sequence[tuple[str, Any]]) -> "Mark":
+    """The report's ``mark(images, prompts)``: :func:`rats_core.interfaces.metric_marks` of the first
+    metric that marks images; for videos judged frame by frame (:func:`metric_input`), a video is right
+    when every judged frame is, and its note is the first wrong frame's."""
+    marker = [(name, m) for name, m in metrics if callable(getattr(m, "marks", None))][:1]
+
+    def mark(images: Tensor, prompts: Sequence[str]) -> list[tuple[bool, str]] | None:
+        if not marker:
+            return None
+        marks = metric_marks(marker, *metric_input(marker[0][1], images, prompts))
+        if marks is None or len(marks) == len(prompts):
+            return marks
+        n = len(marks) // len(prompts)
+        per_video = [marks[i * n : (i + 1) * n] for i in range(len(prompts))]
+        return [next((m for m in frames if not m[0]), frames[0]) for frames in per_video]
+
+    return mark
+
+
 @torch.no_grad()
 def run_metrics(metrics: list[tuple[str, Any]], images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    """Every metric's values on ``images`` (videos: see :func:`metric_input`)."""
     from .errors import PluginError
 
     out: dict[str, float] = {}
     for name, metric in metrics:
         try:
-            values = metric(images, list(prompts))
+            values = metric(*metric_input(metric, images, prompts))
         except Exception as exc:
             raise PluginError(f"metric '{name}' raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(values, dict):
@@ -291,7 +323,7 @@ def end_of_run_report(trainer: "Trainer") -> dict[str, Any] | None:
     # the whole run's records: after a resume, trainer.history holds only this process's steps
     history = run_history(trainer.output_dir, trainer.history, last_step=trainer.step)
     return write_report(trainer.output_dir, cfg, results, images, expanded, history, scores=per_image,
-                        mark=lambda imgs, prompts: metric_marks(metrics, imgs, prompts))
+                        mark=grid_marker(metrics))
 
 
 def load_history(run_dir: Path) -> list[dict[str, float]]:
@@ -401,7 +433,7 @@ def compare(
                         first.append(imgs[: keep - sum(len(x) for x in first)])
                     if folder is not None:
                         for j, img in enumerate(imgs):
-                            name = f"{i + j:05d}.png"
+                            name = f"{i + j:05d}" + (".gif" if img.dim() == 4 else ".png")  # videos animated
                             save_image(img, folder / name)
                             index.append({"file": f"{folder.name}/{name}", "model": v.label, "steps": v.steps,
                                           "prompt": chunk[j], "reward": float(parts["reward"][-1][j])})
@@ -576,7 +608,7 @@ def cmd_eval(args: Any) -> int:
     grid_scores = {key: s[::per] for key, s in comp.scores.items()}
     grid_prompts = comp.prompts[::per][: grid_prompts[0]]
     paths = write_eval_report(out, summary, grid_images, rows, grid_scores, grid_prompts,
-                              mark=lambda imgs, prompts: metric_marks(metrics, imgs, prompts))
+                              mark=grid_marker(metrics))
     print(f"wrote {paths['markdown']}, {paths['json'].name}, {paths['plot'].name}, {paths['grid'].name}"
           + (", images/" if args.save_images else "") + f" in {out}", file=sys.stderr)
     return 0

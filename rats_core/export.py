@@ -70,12 +70,13 @@ def _parse_positive(text: str | None, what: str, default: int | None = None) -> 
     return int(t)
 
 
-@command("sample", "generate images with a trained student (or its teacher / base model)")
+@command("sample", "generate images (or videos) with a trained student (or its teacher / base model)")
 @arg("run_dir", help="a run folder (the output_dir of rats-run)")
 @arg("prompt", nargs="?", help="the prompt (or use --prompts FILE for many)")
 @arg("--prompts", metavar="FILE", help="a .txt/.jsonl file, one prompt per line; -o is then a folder")
 @arg("-o", "--output", metavar="OUT", required=True,
-     help="a .png file for one prompt (with --n > 1: OUT-0.png, OUT-1.png, ...), a folder with --prompts")
+     help="a .png file for one prompt (with --n > 1: OUT-0.png, OUT-1.png, ...), a folder with --prompts; "
+          "videos: .gif (animated) or .png (first, middle and last frame side by side), .gif in a folder")
 @arg("--steps", metavar="K", help="sampler steps; default: the number the student was trained for")
 @arg("--n", metavar="N", default="1", help="images per prompt (default 1)")
 @arg("--seed", metavar="S", default="0", help="noise seed (default 0); the same seed gives the same images")
@@ -106,8 +107,9 @@ def cmd_sample(args: Any) -> int:
     check_run_dir(args.run_dir)
     batch = args.prompts is not None
     out = Path(args.output).expanduser()
-    if not batch and out.suffix.lower() != ".png":
-        raise UsageError(f"-o {out}: expected a file name ending in .png (use --prompts FILE -o FOLDER for many)")
+    if not batch and out.suffix.lower() not in (".png", ".gif"):
+        raise UsageError(f"-o {out}: expected a file name ending in .png (or .gif for a video; use --prompts FILE "
+                         "-o FOLDER for many)")
     out = check_output_path(out, folder=batch)
     prompts = load_prompts(args.prompts, Path.cwd(), "--prompts") if batch else [args.prompt]
 
@@ -121,6 +123,7 @@ def cmd_sample(args: Any) -> int:
 
     written = []
     index = []
+    kind = "images"
     from .progress import progress_bar
 
     with swap, progress_bar(total=len(prompts) * n, desc="sampling", unit="img", disable=len(prompts) * n < 4) as bar:
@@ -128,9 +131,11 @@ def cmd_sample(args: Any) -> int:
             noise = sample_noise(backbone, seed, j, n)
             images = generate(backbone, network, [prompt] * n, steps, noise, batch_size=max(1, run.cfg.eval.batch_size),
                               guidance_scale=guidance, device=run.device)
+            kind = "videos" if images.dim() == 5 else "images"
             for i, img in enumerate(images):
-                if batch:
-                    path = out / (f"{j:04d}-{_slug(prompt)}" + (f"-{i}" if n > 1 else "") + ".png")
+                if batch:  # a video as an animated GIF
+                    suffix = ".gif" if img.dim() == 4 else ".png"
+                    path = out / (f"{j:04d}-{_slug(prompt)}" + (f"-{i}" if n > 1 else "") + suffix)
                 else:
                     path = out if n == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
                 save_image(img, path, scale=scale)
@@ -142,7 +147,7 @@ def cmd_sample(args: Any) -> int:
         with open(out / "index.jsonl", "w", encoding="utf-8") as fh:
             for row in index:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        print(f"wrote {len(written)} images and index.jsonl to {out} ({args.model}, {steps} steps)", file=sys.stderr)
+        print(f"wrote {len(written)} {kind} and index.jsonl to {out} ({args.model}, {steps} steps)", file=sys.stderr)
     else:
         print(f"wrote {', '.join(str(p) for p in written)} ({args.model}, {steps} steps)", file=sys.stderr)
     return 0

@@ -171,6 +171,9 @@ class Metric(Protocol):
     ``marks(images, prompts) -> list[tuple[bool, str]]``: per image, right or wrong and a short note
     (e.g. ``(False, "count, shape")``). The report's sample grid then frames every image green or
     red and prints the note.
+
+    **Video.** Videos ``[B, 3, F, H, W]`` reach a metric as images, as image rewards see them: evenly
+    spaced frames of each (:func:`rats_core.evaluate.metric_input`), unless it sets ``scores_video = True``.
     """
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]: ...

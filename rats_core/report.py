@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import Tensor
 
 from .checkpoint import write_json_atomic as _write_json_atomic
+from .rewards import frame_indices
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -210,6 +212,7 @@ def image_grid(
     each image; ``marks`` a judge's verdict per image (``(right, note)``): a green or red frame, and
     ✓ or ✗ with the note above the image. Prompts are printed under the bottom row. Small images
     are drawn with nearest-neighbour upscaling (every pixel a visible block, nothing invented).
+    A video ``[B, 3, F, H, W]`` is drawn as its first, middle and last frame side by side (:func:`frame_strip`).
     """
     plt = _pyplot()
     if rows is None:
@@ -219,21 +222,30 @@ def image_grid(
             rows[lab] = _label(lab) + (f"\n{steps_label(steps)}" if steps is not None else "")
     keys = [k for k in rows if k in images]
     cols = max(1, min(columns, len(prompts), *(len(images[k]) for k in keys)))
-    cell = 2.1
+    aspect = 1.0  # width / height of a cell: a video's frame strip is wider than high
+    if keys and images[keys[0]].dim() == 5:
+        num_frames = images[keys[0]].shape[2]
+        shown = ", ".join(str(i + 1) for i in frame_indices(num_frames, STRIP_FRAMES))
+        title = (f"{title}; " if title else "") + f"each video: frames {shown} of {num_frames}"
+        strip = frame_strip(images[keys[0]][0])
+        aspect = strip.shape[2] / strip.shape[1]
+    # a wide cell (a frame strip) gets at most 2.5 times an image's width, and less height
+    cell_w = 2.1 * min(aspect, 2.5)
+    cell_h = cell_w / aspect
     # room for the score above each image and the wrapped prompt under the bottom row
     head = (0.3 if scores is not None else 0) + (0.3 if marks is not None else 0)
-    width = cell * cols + 1.4
+    width = cell_w * cols + 1.4
     if title:  # wrapped to the figure's width (about 11 characters per inch at this size)
         import textwrap
 
         title = textwrap.fill(title, max(30, int(width * 11)))
     title_height = 0.4 * (title.count("\n") + 1) if title else 0
-    height = (cell + head) * len(keys) + 1.1 + title_height
+    height = (cell_h + head) * len(keys) + 1.1 + title_height
     fig, axes = plt.subplots(len(keys), cols, figsize=(width, height), squeeze=False)
     for i, key in enumerate(keys):
         for j in range(cols):
             ax = axes[i][j]
-            img = images[key][j].float().permute(1, 2, 0).clamp(0, 1).numpy()
+            img = frame_strip(images[key][j]).float().permute(1, 2, 0).clamp(0, 1).numpy()
             ax.imshow(img, interpolation="nearest" if img.shape[0] < 128 else "antialiased")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -285,15 +297,46 @@ def _pyplot():
     return plt
 
 
+#: frames of a video that a grid cell or a PNG shows side by side: the first, the middle and the last
+STRIP_FRAMES = 3
+#: frame rate of the GIFs written for videos (Wan2.1's 16 fps)
+GIF_FPS = 16
+
+
+def frame_strip(image: Tensor, frames: int | None = STRIP_FRAMES) -> Tensor:
+    """A video ``[3, F, H, W]`` as one image ``[3, H, n·W + gaps]``: ``frames`` evenly spaced frames
+    (:func:`rats_core.rewards.frame_indices`: first, middle and last by default) side by side, a thin
+    white gap between them. An image ``[3, H, W]`` is returned as it is."""
+    if image.dim() == 3:
+        return image
+    _, f, h, _ = image.shape
+    gap = image.new_ones(image.shape[0], h, max(1, h // 32))
+    parts: list[Tensor] = []
+    for i in frame_indices(f, frames):
+        parts += [gap, image[:, i]] if parts else [image[:, i]]
+    return torch.cat(parts, dim=2)
+
+
 def save_image(image: Tensor, path: Path, scale: int = 1) -> Path:
     """Write one ``[3, H, W]`` image in [0, 1] as an 8-bit PNG of H×W pixels, or ``scale`` times that
-    (nearest-neighbour: each pixel becomes a ``scale``×``scale`` block, nothing is invented)."""
+    (nearest-neighbour: each pixel becomes a ``scale``×``scale`` block, nothing is invented).
+
+    A video ``[3, F, H, W]`` is written as a looping animated GIF of every frame (``GIF_FPS``) when
+    ``path`` ends in ``.gif``, else as a PNG of its :func:`frame_strip` (first, middle, last frame)."""
     from PIL import Image
 
-    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-    if scale > 1:
-        arr = arr.repeat(scale, axis=0).repeat(scale, axis=1)
-    Image.fromarray(arr).save(path, format="PNG")
+    def pixels(img: Tensor) -> Image.Image:
+        arr = (img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+        if scale > 1:
+            arr = arr.repeat(scale, axis=0).repeat(scale, axis=1)
+        return Image.fromarray(arr)
+
+    if Path(path).suffix.lower() == ".gif":
+        frames = [pixels(f) for f in (image.unbind(1) if image.dim() == 4 else [image])]
+        frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / GIF_FPS),
+                       loop=0)
+    else:
+        pixels(frame_strip(image)).save(path, format="PNG")
     return path
 
 

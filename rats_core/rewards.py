@@ -30,20 +30,28 @@ def frame_indices(num_frames: int, frames: int | None = DEFAULT_REWARD_FRAMES) -
     return [int(i * step + 0.5) for i in range(frames)]
 
 
-def score_frames(reward: Any, videos: Tensor, prompts: Sequence[str], frames: int | None = DEFAULT_REWARD_FRAMES,
-                 name: str = "reward") -> Tensor:
-    """An image reward applied to videos ``[B, 3, F, H, W]``: the mean of its scores over the frames
-    :func:`frame_indices` picks, ``[B]``, differentiable. The picked frames of every video go to the
-    reward as one batch of ``B·n`` images, each with its video's prompt."""
+def video_frames(videos: Tensor, prompts: Sequence[str], frames: int | None = DEFAULT_REWARD_FRAMES
+                 ) -> tuple[Tensor, list[str]]:
+    """The frames :func:`frame_indices` picks from each video ``[B, 3, F, H, W]`` as one batch of images
+    ``[B·n, 3, H, W]`` (video by video), with each frame's prompt (its video's)."""
     if videos.dim() != 5:
-        raise ValueError(f"score_frames expects videos [B, 3, F, H, W], got shape {tuple(videos.shape)}")
+        raise ValueError(f"expected videos [B, 3, F, H, W], got shape {tuple(videos.shape)}")
     b, c, f, h, w = videos.shape
     index = frame_indices(f, frames)
     n = len(index)
     picked = videos[:, :, index] if n < f else videos
-    flat = picked.permute(0, 2, 1, 3, 4).reshape(b * n, c, h, w)
-    scores = check_reward_output(name, reward(flat, [p for p in prompts for _ in range(n)]), b * n)
-    return scores.reshape(b, n).mean(dim=1)
+    return picked.permute(0, 2, 1, 3, 4).reshape(b * n, c, h, w), [p for p in prompts for _ in range(n)]
+
+
+def score_frames(reward: Any, videos: Tensor, prompts: Sequence[str], frames: int | None = DEFAULT_REWARD_FRAMES,
+                 name: str = "reward") -> Tensor:
+    """An image reward applied to videos ``[B, 3, F, H, W]``: the mean of its scores over the frames
+    :func:`frame_indices` picks, ``[B]``, differentiable. The picked frames of every video go to the
+    reward as one batch of ``B·n`` images, each with its video's prompt (:func:`video_frames`)."""
+    images, frame_prompts = video_frames(videos, prompts, frames)
+    b = videos.shape[0]
+    scores = check_reward_output(name, reward(images, frame_prompts), len(frame_prompts))
+    return scores.reshape(b, -1).mean(dim=1)
 
 
 @dataclass

@@ -127,16 +127,13 @@ def test_eval_json_is_readable_by_others(tmp_path):
     assert json.loads(paths["json"].read_text())["backbone"] == "toy"
 
 
-def test_grid_marks_each_image_with_the_judges_verdict(tmp_path):
-    """A judge metric's marks frame each image green (right) or red (wrong, with what was wrong)."""
+@pytest.fixture
+def saved_figure(monkeypatch):
+    """``saved_figure["fig"]``: the matplotlib Figure the code under test saved last."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-    import torch
-
-    from rats_core.report import image_grid
 
     captured = {}
     real_savefig = plt.Figure.savefig
@@ -145,15 +142,21 @@ def test_grid_marks_each_image_with_the_judges_verdict(tmp_path):
         captured["fig"] = fig
         return real_savefig(fig, path, *a, **k)
 
-    plt.Figure.savefig = keep
-    try:
-        images = {"base": torch.rand(2, 3, 32, 32), "student": torch.rand(2, 3, 32, 32)}
-        marks = {"base": [(False, "count, shape"), (True, "")], "student": [(True, ""), (True, "")]}
-        path = image_grid(images, ["two red circles", "a blue square"], tmp_path / "g.png", columns=2,
-                          rows={"base": "base", "student": "student"}, marks=marks)
-    finally:
-        plt.Figure.savefig = real_savefig
-    axes = captured["fig"].axes
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    return captured
+
+
+def test_grid_marks_each_image_with_the_judges_verdict(tmp_path, saved_figure):
+    """A judge metric's marks frame each image green (right) or red (wrong, with what was wrong)."""
+    import numpy as np
+
+    from rats_core.report import image_grid
+
+    images = {"base": torch.rand(2, 3, 32, 32), "student": torch.rand(2, 3, 32, 32)}
+    marks = {"base": [(False, "count, shape"), (True, "")], "student": [(True, ""), (True, "")]}
+    path = image_grid(images, ["two red circles", "a blue square"], tmp_path / "g.png", columns=2,
+                      rows={"base": "base", "student": "student"}, marks=marks)
+    axes = saved_figure["fig"].axes
     titles = [ax.get_title() for ax in axes]
     assert titles == ["✗ count, shape", "✓ right", "✓ right", "✓ right"]
     frame = [tuple(np.round(ax.spines["left"].get_edgecolor()[:3], 2)) for ax in axes]
@@ -224,3 +227,95 @@ def test_a_metric_whose_marks_fail_is_named():
         metric_marks([("judge", Raises())], images, ["a", "b"])
     with pytest.raises(PluginError, match="returned 1 marks for 2 images"):
         metric_marks([("judge", Short())], images, ["a", "b"])
+
+
+# ----------------------------------------------------------------------------- videos [B, 3, F, H, W]
+
+
+def _grey_video(frames: int = 5, side: int = 4) -> torch.Tensor:
+    """A video ``[3, F, side, side]`` whose frame k is a uniform grey of k / (F - 1)."""
+    return torch.linspace(0, 1, frames).reshape(1, frames, 1, 1).expand(3, frames, side, side).clone()
+
+
+def test_a_video_is_shown_as_its_first_middle_and_last_frame():
+    from rats_core.report import frame_strip
+
+    video = _grey_video()
+    strip = frame_strip(video)
+    assert strip.shape == (3, 4, 3 * 4 + 2)  # three 4 px frames, a 1 px white gap between each two
+    torch.testing.assert_close(strip[:, :, 0:4], video[:, 0])
+    torch.testing.assert_close(strip[:, :, 5:9], video[:, 2])
+    torch.testing.assert_close(strip[:, :, 10:14], video[:, 4])
+    assert strip[:, :, 4].eq(1).all() and strip[:, :, 9].eq(1).all()
+    image = torch.rand(3, 4, 4)
+    assert frame_strip(image) is image
+
+
+def test_a_video_is_saved_as_an_animated_gif_or_a_frame_strip_png(tmp_path):
+    from PIL import Image, ImageSequence
+
+    video = _grey_video()
+    save_image(video, tmp_path / "v.gif", scale=2)
+    with Image.open(tmp_path / "v.gif") as gif:
+        frames = [f.convert("RGB") for f in ImageSequence.Iterator(gif)]
+        assert gif.info["loop"] == 0 and gif.info["duration"] == 60  # 16 fps (62.5 ms) in GIF's 10 ms units
+    assert len(frames) == 5 and all(f.size == (8, 8) for f in frames)
+    assert [f.getpixel((3, 3)) for f in frames] == [(v, v, v) for v in (0, 64, 128, 191, 255)]
+    save_image(video, tmp_path / "v.png", scale=2)
+    with Image.open(tmp_path / "v.png") as png:
+        assert png.size == (2 * 14, 2 * 4)
+        assert [png.getpixel((x, 0)) for x in (0, 10, 20, 8)] == [(0, 0, 0), (128, 128, 128), (255, 255, 255),
+                                                                  (255, 255, 255)]  # frames 1, 3, 5 and a gap
+
+
+def test_a_grid_of_videos_shows_frame_strips_and_says_which_frames(tmp_path, saved_figure):
+    from rats_core.report import image_grid
+
+    videos = torch.stack([_grey_video(), 1 - _grey_video()])
+    image_grid({"student": videos}, ["a", "b"], tmp_path / "g.png", rows={"student": "student"}, title="Samples")
+    fig = saved_figure["fig"]
+    assert fig._suptitle.get_text() == "Samples; each video: frames 1, 3, 5 of 5"
+    shown = [ax.get_images()[0].get_array() for ax in fig.axes]
+    assert [a.shape for a in shown] == [(4, 14, 3), (4, 14, 3)]
+    assert float(shown[0][0, 0, 0]) == 0.0 and float(shown[1][0, 0, 0]) == 1.0  # each video's own first frame
+
+
+def test_metrics_see_video_frames_as_images_unless_they_score_video():
+    """As image rewards do: 8 evenly spaced frames of each video, each with its video's prompt."""
+    from rats_core.evaluate import run_metrics
+
+    seen = {}
+
+    def frames(images, prompts):
+        seen["frames"] = (tuple(images.shape), prompts)
+        return {"brightness": images.mean().item()}
+
+    class Motion:
+        scores_video = True
+
+        def __call__(self, videos, prompts):
+            seen["video"] = tuple(videos.shape)
+            return {"motion": (videos[:, :, 1:] - videos[:, :, :-1]).abs().mean().item()}
+
+    videos = torch.stack([_grey_video(frames=9), _grey_video(frames=9)])
+    out = run_metrics([("frames", frames), ("motion", Motion())], videos, ["a", "b"])
+    assert seen["frames"] == ((16, 3, 4, 4), ["a"] * 8 + ["b"] * 8) and seen["video"] == (2, 3, 9, 4, 4)
+    # frames 0, 1, 2, 3, 5, 6, 7, 8 of 9: the middle one (0.5) is left out, the mean stays 0.5 by symmetry
+    assert out == pytest.approx({"brightness": 0.5, "motion": 0.125})
+
+
+def test_a_judge_marks_a_video_wrong_when_any_judged_frame_is_wrong():
+    from rats_core.evaluate import grid_marker
+
+    class Judge:
+        def __call__(self, images, prompts):
+            return {}
+
+        def marks(self, images, prompts):  # right when the frame is bright enough
+            return [(bool(m > 0.2), f"dark {m:.2f}") for m in images.mean(dim=(1, 2, 3)).tolist()]
+
+    bright = torch.full((3, 5, 4, 4), 0.9)
+    fading = _grey_video()  # frames 0, 0.25, 0.5, 0.75, 1
+    mark = grid_marker([("plain", lambda i, p: {}), ("judge", Judge())])
+    assert mark(torch.stack([bright, fading]), ["a", "b"]) == [(True, "dark 0.90"), (False, "dark 0.00")]
+    assert grid_marker([("plain", lambda i, p: {})])(torch.stack([bright]), ["a"]) is None

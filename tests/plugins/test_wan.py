@@ -470,6 +470,32 @@ def test_every_registered_image_reward_contract_also_holds_on_video_frames():
     assert torch.isfinite(video.grad).all() and video.grad.abs().sum() > 0
 
 
+# ----------------------------------------------------------------------------- evaluating videos
+
+
+def test_evaluation_scores_video_frames_and_saves_each_video_as_a_gif(bb, tmp_path):
+    """``rats eval``'s sampling on the tiny Wan: samples are videos ``[B, 3, F, H, W]``, an image reward
+    scores their picked frames, ``--save-images`` writes each as an animated GIF of every frame."""
+    import numpy as np
+    from PIL import Image, ImageSequence
+
+    from rats_core.evaluate import Variant, compare
+
+    rewards = RewardSet([WeightedReward("bright", brightness, frames=2)])
+    comp = compare(bb, rewards, [Variant("base", bb.denoiser, 2)], PROMPTS, save_dir=tmp_path / "images")
+    videos = comp.images["base@2"]
+    assert videos.shape == (2, 3, tiny.NUM_FRAMES, tiny.RESOLUTION, tiny.RESOLUTION)
+    first_and_last = videos[:, :, [0, -1]].mean(dim=(1, 3, 4)).mean(dim=1)
+    torch.testing.assert_close(comp.scores["base@2"], first_and_last)
+    index = [json.loads(line) for line in (tmp_path / "images" / "index.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in index] == ["base_2steps/00000.gif", "base_2steps/00001.gif"]
+    with Image.open(tmp_path / "images" / index[1]["file"]) as gif:
+        frames = [torch.tensor(np.array(f.convert("RGB")), dtype=torch.float32) for f in ImageSequence.Iterator(gif)]
+    assert len(frames) == tiny.NUM_FRAMES
+    for k, frame in enumerate(frames):  # each frame of the video, within the GIF's 256-colour palette
+        assert (frame - videos[1, :, k].permute(1, 2, 0) * 255).abs().mean() < 1
+
+
 # ----------------------------------------------------------------------------- the experiment config
 
 
@@ -507,8 +533,9 @@ LOAD_WITHOUT_RATS = textwrap.dedent(
 def test_rats_run_on_the_experiment_config_trains_and_exports_for_plain_diffusers(folder, tmp_path, run_without_rats):
     """The issue's "done when": ``rats-run experiments/wan.yaml backbone.path=<tiny Wan>`` trains a few
     steps (LoRA, EMA teacher, a frame-wise image reward) and exports a folder that ``WanPipeline`` alone
-    samples, in a process that never imports rats."""
-    from rats_core.cli import run_main
+    samples, in a process that never imports rats. The end-of-run report and ``rats sample`` handle the
+    videos: a grid of frame strips, an animated GIF or a frame-strip PNG."""
+    from rats_core.cli import main, run_main
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
@@ -528,9 +555,16 @@ def test_rats_run_on_the_experiment_config_trains_and_exports_for_plain_diffuser
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     lora = load_file(str(out / "export_lora" / "adapter_model.safetensors"))
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in lora.items())
-    # the full pipeline folder, LoRA merged, through `rats export`
-    from rats_core.cli import main
+    from PIL import Image
 
+    report = json.loads((out / "report.json").read_text())
+    assert {"base", "teacher", "student"} <= set(report["held_out"]) and (out / "report" / "grid.png").stat().st_size
+    assert main(["sample", str(out), "a red car", "-o", str(tmp_path / "car.gif")]) == 0
+    assert main(["sample", str(out), "a red car", "-o", str(tmp_path / "car.png"), "--scale", "2"]) == 0
+    with Image.open(tmp_path / "car.gif") as gif, Image.open(tmp_path / "car.png") as png:
+        assert (gif.n_frames, gif.size) == (tiny.NUM_FRAMES, (tiny.RESOLUTION, tiny.RESOLUTION))
+        assert png.size == (2 * (3 * tiny.RESOLUTION + 2), 2 * tiny.RESOLUTION)  # frames 1, 3, 5 and 2 gaps
+    # the full pipeline folder, LoRA merged, through `rats export`
     export = tmp_path / "pipeline"
     assert main(["export", str(out), "-o", str(export)]) == 0
     manifest = json.loads((export / "rats_export.json").read_text())
