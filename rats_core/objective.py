@@ -111,6 +111,10 @@ class RatsObjective:
     def teacher_rollout(self, teacher: nn.Module, noise: Tensor, cond: Any, prompts: Sequence[str]) -> TeacherOutput:
         """The teacher's N-step rollout from the same noise, its x0 at the student's σ's and its reward.
 
+        ``x0`` holds each horizon's target: the teacher's x0-prediction there (``teacher_target``
+        ``prediction``) or its final sample (``sample``; and ``continuation``, whose later horizons are
+        replaced by :meth:`teacher_continuations` once the student's states are known).
+
         Runs under ``torch.inference_mode`` (no autograd bookkeeping at all) unless
         ``teacher_inference_mode`` is off; the few tensors the loss needs are cloned out of it.
         """
