@@ -29,17 +29,21 @@ SCENES_WEIGHTS = ROOT / "plugins" / "scenes" / "weights"
 SCENES_VAL = ROOT / "experiments" / "prompts" / "scenes_val.txt"
 
 
+def scenes_pipeline(pipeline: str | Path | None = None) -> str:
+    """The scenes base pipeline folder a benchmark samples: ``pipeline``, else the shipped one."""
+    return str(pipeline or SCENES_WEIGHTS / "pipeline")
+
+
 def scenes_base_samples(prompts_file: str, per_prompt: int, seed: int, pipeline: str | Path | None = None):
-    """The scenes world's base pipeline (the shipped one unless ``pipeline`` names another folder), the
-    prompts file's prompts each ``per_prompt`` times, and fixed initial noise for them:
-    ``(backbone, prompts, noise)``."""
+    """The scenes world's base pipeline (:func:`scenes_pipeline`), the prompts file's prompts each
+    ``per_prompt`` times, and fixed initial noise for them: ``(backbone, prompts, noise)``."""
     import rats_core  # noqa: F401  (the CPU-torchvision guard before diffusers)
     from rats_core.evaluate import fixed_noise
     from rats_core.prompts import load_prompts
     from rats_plugins.backbones.sd15 import sd15
 
     prompts = [p for p in load_prompts(prompts_file) for _ in range(per_prompt)]
-    backbone = sd15(str(pipeline or SCENES_WEIGHTS / "pipeline"), device="cpu")
+    backbone = sd15(scenes_pipeline(pipeline), device="cpu")
     return backbone, prompts, fixed_noise(backbone, len(prompts), seed)
 
 

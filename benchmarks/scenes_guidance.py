@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SCENES_VAL, SCENES_WEIGHTS as WEIGHTS, emit, machine, progress, scenes_base_samples  # noqa: E402
+from _common import (  # noqa: E402
+    SCENES_VAL, SCENES_WEIGHTS as WEIGHTS, emit, machine, progress, scenes_base_samples, scenes_pipeline,
+)
 
 KEEP = ("judge_accuracy", "judge_count", "judge_colour", "judge_shape", "judge_relation", "judge_malformed_rate", "fid")
 
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
             imgs = generate(backbone, backbone.denoiser, prompts, k, noise, batch_size=128, guidance_scale=g)
             r = judge(imgs, prompts) | fid(imgs, prompts)
             results.setdefault(str(k), {})[f"{g:g}"] = {m: round(r[m], 4) for m in KEEP if m in r}
-    emit({"benchmark": "scenes_guidance", "pipeline": args.pipeline or str(WEIGHTS / "pipeline"),
+    emit({"benchmark": "scenes_guidance", "pipeline": scenes_pipeline(args.pipeline),
           "prompts": args.prompts, "images": len(prompts),
           "noise_seed": args.seed, "results": results, "machine": machine()})
     return 0

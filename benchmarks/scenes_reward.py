@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SCENES_VAL, SCENES_WEIGHTS as WEIGHTS, emit, machine, progress, scenes_base_samples  # noqa: E402
+from _common import (  # noqa: E402
+    SCENES_VAL, SCENES_WEIGHTS as WEIGHTS, emit, machine, progress, scenes_base_samples, scenes_pipeline,
+)
 CATEGORIES = ("all", "count", "colour", "shape")
 
 
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     pairs = [world.render_counterfactual(p, rng) for p in prompts]
     kinds = np.array([p[2] for p in pairs])
-    out = {"benchmark": "scenes_reward", "pipeline": args.pipeline or str(WEIGHTS / "pipeline"),
+    out = {"benchmark": "scenes_reward", "pipeline": scenes_pipeline(args.pipeline),
            "prompts": args.prompts, "images_per_prompt": args.per_prompt,
            "judge_right_rate": {str(k): round(float(np.mean([g["all"] for g in gs])), 3) for k, gs in grades.items()},
            "machine": machine(), "clips": {}}

@@ -27,13 +27,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, config_and_overrides, emit, machine, progress  # noqa: E402
+from _common import ROOT, SCENES_WEIGHTS, config_and_overrides, emit, machine, progress  # noqa: E402
 
 MODELS = {"student": "student", "teacher": "teacher", "base": "base", "base_teacher_steps": "base_at_teacher_steps",
           "student_1": "student_1", "student_4": "student_4", "base_1": "base_1", "base_4": "base_4"}
 COLUMNS = ("reward", "judge_accuracy", "judge_count", "judge_colour", "judge_shape", "judge_relation", "fid")
 SCENES = ROOT / "experiments" / "scenes.yaml"
-SCENES_WEIGHTS = ROOT / "plugins" / "scenes" / "weights"
 
 
 def scenes_or_default(config: str | None) -> str | None:

@@ -391,7 +391,7 @@ def compare(
     configured: a set-level metric needs all of a variant's images at once). ``save_dir`` also
     writes every image as ``save_dir/<model>_<steps>steps/<index>.png`` with an ``index.jsonl``.
     """
-    from .report import save_image
+    from .report import image_suffix, save_image
     from .runs import swapped_state
 
     expanded = [p for p in prompts for _ in range(images_per_prompt)]
@@ -433,7 +433,7 @@ def compare(
                         first.append(imgs[: keep - sum(len(x) for x in first)])
                     if folder is not None:
                         for j, img in enumerate(imgs):
-                            name = f"{i + j:05d}" + (".gif" if img.dim() == 4 else ".png")  # videos animated
+                            name = f"{i + j:05d}{image_suffix(img)}"  # videos animated
                             save_image(img, folder / name)
                             index.append({"file": f"{folder.name}/{name}", "model": v.label, "steps": v.steps,
                                           "prompt": chunk[j], "reward": float(parts["reward"][-1][j])})

@@ -90,7 +90,7 @@ def _parse_positive(text: str | None, what: str, default: int | None = None) -> 
 def cmd_sample(args: Any) -> int:
     from .evaluate import generate
     from .prompts import load_prompts
-    from .report import save_image
+    from .report import image_suffix, save_image
     from .runs import check_output_path, check_run_dir, load_run, swapped_state
 
     if (args.prompt is None) == (args.prompts is None):
@@ -134,8 +134,7 @@ def cmd_sample(args: Any) -> int:
             kind = "videos" if images.dim() == 5 else "images"
             for i, img in enumerate(images):
                 if batch:  # a video as an animated GIF
-                    suffix = ".gif" if img.dim() == 4 else ".png"
-                    path = out / (f"{j:04d}-{_slug(prompt)}" + (f"-{i}" if n > 1 else "") + suffix)
+                    path = out / (f"{j:04d}-{_slug(prompt)}" + (f"-{i}" if n > 1 else "") + image_suffix(img))
                 else:
                     path = out if n == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
                 save_image(img, path, scale=scale)

@@ -317,6 +317,12 @@ def frame_strip(image: Tensor, frames: int | None = STRIP_FRAMES) -> Tensor:
     return torch.cat(parts, dim=2)
 
 
+def image_suffix(image: Tensor) -> str:
+    """The file suffix :func:`save_image` is given for one sample written to a folder: ``.gif`` (every
+    frame) for a video ``[3, F, H, W]``, ``.png`` for an image."""
+    return ".gif" if image.dim() == 4 else ".png"
+
+
 def save_image(image: Tensor, path: Path, scale: int = 1) -> Path:
     """Write one ``[3, H, W]`` image in [0, 1] as an 8-bit PNG of H×W pixels, or ``scale`` times that
     (nearest-neighbour: each pixel becomes a ``scale``×``scale`` block, nothing is invented).
