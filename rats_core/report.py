@@ -434,14 +434,6 @@ def write_report(
     step, source = overtake_step(history)
     ahead = stays_ahead(history, step)
     k, n = cfg.student.steps, cfg.eval.teacher_steps or cfg.teacher.steps
-    student = results.get("student", {})
-    teacher = results.get("teacher", {})
-    base_n = results.get("base_teacher_steps", {})
-    claims = {}
-    if student and teacher:
-        claims["student_beats_teacher"] = student["reward"] > teacher["reward"]
-    if student and base_n:
-        claims["student_beats_base_at_teacher_steps"] = student["reward"] > base_n["reward"]
     report = {
         "held_out": results,
         "overtake_step": step,
@@ -454,7 +446,6 @@ def write_report(
         "teacher_kind": cfg.teacher.kind,
         "gate": cfg.gate.name,
         "horizons": cfg.horizons.name,
-        "claims": claims,
         # per criterion (reward, judge, realism) and a reward-hacking flag; rats_core/verdict.py
         "verdict": verdict(results),
         "prompts": len(set(prompts)),

@@ -32,6 +32,14 @@ def test_digits_experiment_short_run_writes_the_report(tmp_path, capsys):
             assert isinstance(held[who][key], float), (who, key)
         assert 0.0 <= held[who]["judge_accuracy"] <= 1.0 and held[who]["fid"] >= 0.0
     assert "overtake_step" in report
+    # issue 16: a verdict per criterion and a reward-hacking flag, not one student_beats_teacher boolean
+    verdict = report["verdict"]
+    for criterion in ("reward", "judge", "realism"):
+        assert isinstance(verdict[criterion]["holds"], bool), criterion
+    assert isinstance(verdict["reward_hacking"]["flag"], bool) and "all_hold" in verdict
+    assert verdict["fair_test"]["judge_base_n"] == held["base_teacher_steps"]["judge_accuracy"]
+    assert "student_beats_teacher" not in json.dumps(report)
+    assert "## Verdict" in (out / "report.md").read_text()
     for name in ("grid.png", "curves.png", "reward_vs_nfe.png"):
         assert (out / "report" / name).stat().st_size > 1000
     assert (out / "report.md").read_text().count("|") > 10
