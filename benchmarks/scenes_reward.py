@@ -1,6 +1,7 @@
 """Does the scenes reward see what the judge sees -- on the base model's *own* images?
 
-    python benchmarks/scenes_reward.py [--clip FOLDER ...] [--prompts FILE] [--per-prompt 4] [--steps 2,50] [--pipeline FOLDER]
+    python benchmarks/scenes_reward.py [--clip FOLDER ...] [--attribute-judge FOLDER ...] [--prompts FILE]
+                                       [--per-prompt 4] [--steps 2,50] [--pipeline FOLDER]
 
 The reward CLIP is trained on clean renders; RATS scores the generator's soft, sometimes malformed
 images with it. This samples the shipped base pipeline (plugins/scenes/weights/pipeline; ``--pipeline``
@@ -15,6 +16,10 @@ grades them with the judge and scores them with each ``--clip`` folder (through 
   what a per-prompt reward gradient can use; with the number of such pairs;
 * ``counterfactual``: on real renders of the prompts, how often the reward prefers a scene over the
   same scene made wrong in one attribute (rats_plugins.scenes.world.counterfactual), per kind.
+
+``--attribute-judge FOLDER`` scores the same images with the diagnostic ``scene-attributes`` reward on
+that (second, independently trained) judge as well (``rewards["scene-attributes:FOLDER"]``): how close to
+the evaluation judge an ideal-ish reward comes on the generator's images.
 
 Prints one JSON object; progress on stderr. About 4 minutes on one thread with the defaults
 (sampling 484 images at 50 steps is most of it).
@@ -51,6 +56,8 @@ def agreement(rewards: np.ndarray, right: np.ndarray, per_prompt: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clip", nargs="+", default=[str(WEIGHTS / "clip")])
+    ap.add_argument("--attribute-judge", nargs="*", default=[],
+                    help="also score with the scene-attributes reward on these judge folders (never the evaluation judge)")
     ap.add_argument("--prompts", default=str(SCENES_VAL))
     ap.add_argument("--per-prompt", type=int, default=4)
     ap.add_argument("--steps", default="2,50")
@@ -63,6 +70,7 @@ def main(argv=None) -> int:
     from rats_core.evaluate import generate
     from rats_plugins.rewards.pickscore import pickscore
     from rats_plugins.scenes import world
+    from rats_plugins.scenes.attribute_reward import scene_attributes
     from rats_plugins.scenes.metrics import SceneJudge
 
     judge = SceneJudge(WEIGHTS / "judge")
@@ -79,9 +87,11 @@ def main(argv=None) -> int:
            "prompts": args.prompts, "images_per_prompt": args.per_prompt,
            "judge_right_rate": {str(k): round(float(np.mean([g["all"] for g in gs])), 3) for k, gs in grades.items()},
            "machine": machine(), "clips": {}}
-    for folder in args.clip:
-        progress(f"scoring with {folder}")
-        reward = pickscore(path=folder)
+    rewards = [("clips", folder, lambda f=folder: pickscore(path=f)) for folder in args.clip] + [
+        ("rewards", f"scene-attributes:{folder}", lambda f=folder: scene_attributes(path=f)) for folder in args.attribute_judge]
+    for section, label, build in rewards:
+        progress(f"scoring with {label}")
+        reward = build()
         res = {}
         with torch.no_grad():
             for k, imgs in images.items():
@@ -91,7 +101,7 @@ def main(argv=None) -> int:
             good = reward(torch.from_numpy(np.stack([p[0] for p in pairs])), prompts).float().numpy()
             bad = reward(torch.from_numpy(np.stack([p[1] for p in pairs])), prompts).float().numpy()
         res["counterfactual"] = {str(k): round(float((good > bad)[kinds == k].mean()), 3) for k in sorted(set(kinds))}
-        out["clips"][folder] = res
+        out.setdefault(section, {})[label] = res
     emit(out)
     return 0
 

@@ -113,9 +113,14 @@ def test_scenes_reward_agreement_reports_per_clip_and_category(tmp_path):
     prompts.write_text("\n".join(world.split_prompts("train")[:6]))
     clip = str(REPO / "plugins" / "scenes" / "weights" / "clip")
     pipeline = str(REPO / "plugins" / "scenes" / "weights" / "pipeline")
+    from rats_plugins.scenes.judge import JudgeNet, save_judge
+
+    torch.manual_seed(0)
+    save_judge(JudgeNet(), tmp_path / "second")  # a second judge for the diagnostic scene-attributes reward
     out = bench("scenes_reward.py", "--clip", clip, "--prompts", str(prompts), "--per-prompt", "2", "--steps", "1,2",
-                "--pipeline", pipeline)
+                "--pipeline", pipeline, "--attribute-judge", str(tmp_path / "second"))
     assert out["pipeline"] == pipeline
+    assert set(out["rewards"][f"scene-attributes:{tmp_path / 'second'}"]) == {"1_steps", "2_steps", "counterfactual"}
     res = out["clips"][clip]
     assert set(res) == {"1_steps", "2_steps", "counterfactual"}
     for cat in ("all", "count", "colour", "shape"):

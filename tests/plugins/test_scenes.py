@@ -336,3 +336,72 @@ def test_pretraining_the_reward_without_a_base_pipeline_says_how_to_fix_it(tmp_p
     msg = str(e.value)
     assert "--generated 4096" in msg and str(tmp_path / "pipeline") in msg and "--generated 0" in msg
     assert not (tmp_path / "clip" / "model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------- the diagnostic reward
+
+
+def _attribute_reward(tmp_path, densities=None):
+    """scene-attributes on a randomly initialised second judge saved in tmp_path; with ``densities``,
+    its network is replaced by one that reads exactly those density maps (the formula under test)."""
+    from rats_plugins.scenes.attribute_reward import scene_attributes
+    from rats_plugins.scenes.judge import JudgeNet, save_judge
+
+    torch.manual_seed(5)
+    save_judge(JudgeNet(), tmp_path / "judge2")
+    reward = scene_attributes(path=str(tmp_path / "judge2"))
+    if densities is not None:
+        class Reads(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+            def forward(self, x):
+                return torch.stack(densities) + 0 * x.sum()
+
+        reward.model = Reads()
+    return reward
+
+
+def test_attribute_reward_keeps_the_reward_contract(tmp_path):
+    from tests.core.test_contracts import check_reward
+
+    check_reward(_attribute_reward(tmp_path))
+
+
+def test_attribute_reward_is_zero_for_a_right_reading_and_lower_for_each_kind_of_mistake(tmp_path):
+    from rats_plugins.scenes.judge import density_target
+
+    c, s = list(world.COLOURS), list(world.JUDGE_SHAPES)
+    red_circle, blue_square = (c.index("red"), s.index("circle")), (c.index("blue"), s.index("square"))
+    blob = s.index(world.JUDGE_SHAPES[-1])
+    two_red = density_target([(*red_circle, 8, 16), (*red_circle, 24, 16)])
+    one_red = density_target([(*red_circle, 8, 16)])
+    red_and_blob = density_target([(*red_circle, 8, 16), (red_circle[0], blob, 24, 16)])
+    left = density_target([(*red_circle, 8, 16), (*blue_square, 24, 16)])      # red left of blue: right
+    swapped = density_target([(*red_circle, 24, 16), (*blue_square, 8, 16)])   # the two swapped
+    reads = [two_red, one_red, red_and_blob, left, swapped]
+    prompts = ["two red circles"] * 3 + ["a red circle left of a blue square"] * 2
+    scores = _attribute_reward(tmp_path, reads)(torch.rand(5, 3, 32, 32), prompts)
+    right, missing, malformed, rel_right, rel_swapped = scores.tolist()
+    assert abs(right) < 1e-4                                     # the right table, nothing else
+    assert missing == pytest.approx(-1.0, abs=1e-3)              # one circle short
+    assert malformed == pytest.approx(-2.0, abs=1e-3)            # a circle missing and a blob too many
+    assert rel_right == pytest.approx(5.0 * 0.15, abs=1e-3)      # counts right, margin capped
+    assert rel_swapped < -2.0                                    # counts right, on the wrong side
+
+
+def test_attribute_reward_refuses_the_evaluation_judge(tmp_path):
+    import shutil
+
+    from rats_core.errors import ConfigError
+    from rats_plugins.scenes.attribute_reward import scene_attributes
+    from rats_plugins.scenes.metrics import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / "judge" / "model.safetensors").is_file():
+        pytest.skip("judge weights not built")
+    with pytest.raises(ConfigError, match="evaluation judge.*--what judge --seed 1"):
+        scene_attributes(path=str(WEIGHTS_DIR / "judge"))
+    shutil.copytree(WEIGHTS_DIR / "judge", tmp_path / "copy")     # a copy is the same judge
+    with pytest.raises(ConfigError, match="evaluation judge"):
+        scene_attributes(path=str(tmp_path / "copy"))

@@ -1,0 +1,119 @@
+"""``scene-attributes``: a *second* attribute judge as a differentiable reward -- a diagnostic.
+
+The shipped scenes reward is a tiny CLIP (the stock ``pickscore`` plugin) that ranks the generator's
+images right-above-wrong only a little better than chance. Is that what keeps the 2-step student
+under the teacher on the judge, or would a reward that sees what the judge sees not help either?
+This reward answers it: it scores an image by how well a judge network's reading matches the
+prompt. It must be **another** judge than the evaluation's -- trained with another seed and data
+stream (``python -m rats_plugins.scenes.pretrain --what judge --seed 1 --out DIR``, then
+``path: DIR/judge``) -- so the evaluation judge still never sees training. It refuses the shipped
+evaluation judge (by path or by identical weights). Two judges trained on the same kind of renders
+still agree far more than a preference model would: a run with it shows what RATS does with a
+near-ideal reward, not a result on the world's real reward (benchmarks/README.md).
+
+Score per image (higher is better, 0 is a perfect reading)::
+
+    -sum_cells |mass(colour, shape) - wanted(colour, shape)|  +  relation_weight * min(margin, 0.15)
+
+``mass`` is the judge's density summed per (colour, judge shape) -- its soft object count, a ``blob``
+(malformed object) is never wanted; ``margin`` (relation prompts only) is how far the second object's
+centre lies on the named side of the first's, along that axis minus across it, in image widths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rats_core.errors import ConfigError
+
+from .metrics import WEIGHTS_DIR, load_frozen_judge
+from .world import COLOURS, JUDGE_SHAPES, RES, parse
+
+#: the relation margin stops paying beyond this (a fraction of the image width): placing the objects
+#: further apart is not "more left of"
+MARGIN_CAP = 0.15
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+class SceneAttributes:
+    """How well a (second, frozen) attribute judge's reading of the image matches the prompt."""
+
+    #: prompts this component understands (see rats_core.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
+    example_prompts = ["two red circles", "a blue square left of a yellow triangle"]
+
+    def __init__(self, path: str | Path, relation_weight: float = 5.0):
+        folder = Path(path).expanduser()
+        evaluation = WEIGHTS_DIR / "judge"
+        same_folder = folder.resolve() == evaluation.resolve()
+        if same_folder or ((folder / "model.safetensors").is_file() and (evaluation / "model.safetensors").is_file()
+                           and _digest(folder) == _digest(evaluation)):
+            raise ConfigError(
+                f"scene-attributes reward: {folder} is the evaluation judge (the one scene-judge and scene-fid "
+                "read), which must never be used in training. Train a second judge with another seed, "
+                "`python -m rats_plugins.scenes.pretrain --what judge --seed 1 --out DIR`, and set path: DIR/judge")
+        self.model = load_frozen_judge(folder, "scene-attributes reward")
+        self.relation_weight = float(relation_weight)
+
+    def _targets(self, prompts: Sequence[str]) -> tuple[Tensor, list]:
+        specs = [parse(p) for p in prompts]
+        want = torch.from_numpy(np.stack([s.table() for s in specs])).float()
+        colours, shapes = list(COLOURS), list(JUDGE_SHAPES)
+        cells = [None if s.relation is None else
+                 (s.relation, [(colours.index(o.colour), shapes.index(o.shape)) for o in s.objects]) for s in specs]
+        return want, cells
+
+    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
+        if images.shape[0] != len(prompts):
+            raise ValueError(f"{images.shape[0]} images for {len(prompts)} prompts")
+        if next(self.model.parameters()).device != images.device:
+            self.model.to(images.device)
+        x = images.float().clamp(0, 1)
+        if x.shape[-2:] != (RES, RES):
+            x = F.interpolate(x, size=(RES, RES), mode="area")
+        density = self.model(x)                                  # [B, colours, shapes, GRID, GRID]
+        mass = density.sum(dim=(-1, -2))                         # soft counts
+        want, cells = self._targets(prompts)
+        score = -(mass - want.to(mass.device)).abs().sum(dim=(1, 2))
+        if any(c is not None for c in cells):
+            g = (torch.arange(density.shape[-1], device=density.device, dtype=density.dtype) + 0.5) / density.shape[-1]
+            cx = (density.sum(-2) * g).sum(-1) / mass.clamp(min=1e-3)
+            cy = (density.sum(-1) * g).sum(-1) / mass.clamp(min=1e-3)
+            bonus = []
+            for i, c in enumerate(cells):
+                if c is None:
+                    bonus.append(score.new_zeros(()))
+                    continue
+                relation, ((a_col, a_sh), (b_col, b_sh)) = c
+                dx = cx[i, b_col, b_sh] - cx[i, a_col, a_sh]
+                dy = cy[i, b_col, b_sh] - cy[i, a_col, a_sh]
+                margin = dx - dy.abs() if relation == "left of" else dy - dx.abs()
+                bonus.append(self.relation_weight * margin.clamp(max=MARGIN_CAP))
+            score = score + torch.stack(bonus)
+        return score
+
+
+def scene_attributes(path: str, relation_weight: float = 5.0) -> SceneAttributes:
+    """A second scenes judge's reading against the prompt (0 = all right, lower per mistake); a diagnostic.
+
+    Options:
+        path: the folder of a judge trained with another seed than the evaluation's
+            (``python -m rats_plugins.scenes.pretrain --what judge --seed 1 --out DIR`` writes ``DIR/judge``);
+            the evaluation judge itself, or a copy, is refused.
+        relation_weight: weight of the relation prompts' placement margin (capped at 0.15 image widths).
+
+    Example config::
+
+        rewards:
+          - {name: scene-attributes, path: ../runs/judge2/judge}
+    """
+    return SceneAttributes(path, relation_weight)
