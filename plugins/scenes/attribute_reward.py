@@ -22,7 +22,6 @@ centre lies on the named side of the first's, along that axis minus across it, i
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -31,18 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rats_core.errors import ConfigError
-
-from .metrics import WEIGHTS_DIR, load_frozen_judge
+from .metrics import load_frozen_judge, refuse_evaluation_judge
 from .world import COLOURS, JUDGE_SHAPES, RES, parse
 
 #: the relation margin stops paying beyond this (a fraction of the image width): placing the objects
 #: further apart is not "more left of"
 MARGIN_CAP = 0.15
-
-
-def _digest(folder: Path) -> str:
-    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
 
 
 class SceneAttributes:
@@ -53,14 +46,7 @@ class SceneAttributes:
 
     def __init__(self, path: str | Path, relation_weight: float = 5.0):
         folder = Path(path).expanduser()
-        evaluation = WEIGHTS_DIR / "judge"
-        same_folder = folder.resolve() == evaluation.resolve()
-        if same_folder or ((folder / "model.safetensors").is_file() and (evaluation / "model.safetensors").is_file()
-                           and _digest(folder) == _digest(evaluation)):
-            raise ConfigError(
-                f"scene-attributes reward: {folder} is the evaluation judge (the one scene-judge and scene-fid "
-                "read), which must never be used in training. Train a second judge with another seed, "
-                "`python -m rats_plugins.scenes.pretrain --what judge --seed 1 --out DIR`, and set path: DIR/judge")
+        refuse_evaluation_judge(folder, "scene-attributes reward")
         self.model = load_frozen_judge(folder, "scene-attributes reward")
         self.relation_weight = float(relation_weight)
 

@@ -15,6 +15,7 @@ the same prompts and number of images.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rats_core.errors import WeightsNotFoundError
+from rats_core.errors import ConfigError, WeightsNotFoundError
 
 from ..fid import feature_stats as _stats
 from ..fid import frechet_distance
@@ -42,6 +43,23 @@ def load_frozen_judge(path: str | Path | None, who: str):
             f"`python -m rats_plugins.scenes.pretrain --what judge`"
         )
     return load_judge(folder)
+
+
+def refuse_evaluation_judge(folder: str | Path, who: str) -> None:
+    """``ConfigError`` when ``folder`` is the evaluation judge (the shipped one ``scene-judge`` and
+    ``scene-fid`` read by default) or a copy of it: that judge must never be used in training."""
+    folder = Path(folder).expanduser()
+    evaluation = WEIGHTS_DIR / "judge"
+
+    def digest(f: Path) -> str | None:
+        w = f / "model.safetensors"
+        return hashlib.sha256(w.read_bytes()).hexdigest() if w.is_file() else None
+
+    if folder.resolve() == evaluation.resolve() or (digest(folder) is not None and digest(folder) == digest(evaluation)):
+        raise ConfigError(
+            f"{who}: {folder} is the evaluation judge (the one scene-judge and scene-fid read), which must never "
+            "be used in training. Train a second judge with another seed, `python -m rats_plugins.scenes.pretrain "
+            "--what judge --seed 1 --out DIR`, and use DIR/judge")
 
 
 class SceneJudge:

@@ -3,6 +3,8 @@
     OMP_NUM_THREADS=1 python -m rats_plugins.scenes.pretrain [--what all|judge|vae|diffusion|clip|eval]
                                                              [--out DIR] [--minutes-unet M] [--no-counterfactuals]
                                                              [--generated N] [--resume]
+    OMP_NUM_THREADS=1 python -m rats_plugins.scenes.pretrain --what preferences --annotator DIR/judge
+                                                             [--clip FOLDER] [--pipeline FOLDER] --out OUT
 
 Writes into ``--out`` (default: the shipped ``plugins/scenes/weights/``)::
 
@@ -38,6 +40,11 @@ The shipped weights (each stage one thread, on a 2-core machine running other jo
 
 The UNet's step count follows its time budget (``--minutes-unet``), so a faster machine trains it
 longer and the result is not bit-identical across machines.
+
+``--what preferences`` (not part of ``all``) fine-tunes a reward CLIP the way PickScore was made: on
+the base generator's own images of the train prompts, pairs ranked by an *annotator* -- a judge trained
+with another seed (``--what judge --seed 1 --out DIR``), never the evaluation judge, which is refused
+(:mod:`rats_plugins.scenes.preferences`).
 
 ``--what diffusion --resume`` continues the UNet and text encoder in ``--out`` for another budget. The
 shipped base is undertrained: a second 40-minute round nearly doubles its judge accuracy on the val
@@ -130,7 +137,7 @@ def train_judge(out: Path, seed: int, steps: int, batch: int = 64) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--what", default="all", choices=["all", "judge", "vae", "diffusion", "clip", "eval"])
+    ap.add_argument("--what", default="all", choices=["all", "judge", "vae", "diffusion", "clip", "preferences", "eval"])
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--judge-steps", type=int, default=700)
@@ -146,6 +153,11 @@ def main(argv=None) -> int:
     ap.add_argument("--pipeline", default=None,
                     help="clip --generated: the base pipeline folder (default: OUT/pipeline)")
     ap.add_argument("--resume", action="store_true", help="diffusion: continue from the UNet/text encoder in --out")
+    ap.add_argument("--annotator", default=None,
+                    help="preferences: a judge folder trained with another seed than the evaluation judge "
+                         "(--what judge --seed 1 --out DIR makes DIR/judge), which ranks the generator's images")
+    ap.add_argument("--clip", default=None, help="preferences: the reward CLIP to fine-tune (default: OUT/clip)")
+    ap.add_argument("--preference-steps", type=int, default=300)
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,6 +184,16 @@ def main(argv=None) -> int:
                                  "or pass --generated 0.")
             report["clip"] = train_clip(out, args.seed, args.clip_steps, counterfactuals=args.counterfactuals,
                                         generated=args.generated, pipeline=pipeline)
+        elif stage == "preferences":
+            from .preferences import finetune_clip_on_preferences
+            if not args.annotator:
+                raise SystemExit("error: --what preferences needs --annotator DIR/judge, a judge trained with another "
+                                 "seed than the evaluation judge (python -m rats_plugins.scenes.pretrain --what judge "
+                                 "--seed 1 --out DIR)")
+            pipeline = Path(args.pipeline) if args.pipeline else out / "pipeline"
+            report["preferences"] = finetune_clip_on_preferences(
+                out, args.seed, Path(args.annotator), pipeline, Path(args.clip) if args.clip else out / "clip",
+                steps=args.preference_steps)
         elif stage == "eval":
             from .pipeline import evaluate_pipeline
             report["eval"] = evaluate_pipeline(out, args.seed)

@@ -405,3 +405,66 @@ def test_attribute_reward_refuses_the_evaluation_judge(tmp_path):
     shutil.copytree(WEIGHTS_DIR / "judge", tmp_path / "copy")     # a copy is the same judge
     with pytest.raises(ConfigError, match="evaluation judge"):
         scene_attributes(path=str(tmp_path / "copy"))
+
+
+# ----------------------------------------------------------------------------- the preference-tuned CLIP
+
+
+def test_preference_pairs_prefer_fewer_mistakes_within_a_prompt_only():
+    from rats_plugins.scenes.preferences import preference_pairs
+
+    errors = np.array([0, 2, 2, 1,   3, 0, 0, 0])
+    assert sorted(preference_pairs(errors, 4)) == [(0, 1), (0, 2), (0, 3), (3, 1), (3, 2), (5, 4), (6, 4), (7, 4)]
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "plugins" / "scenes" / "weights" / "judge").is_dir(),
+                    reason="judge weights not built")
+def test_mistakes_are_zero_for_right_renders_and_count_each_wrong_attribute():
+    from rats_plugins.scenes.metrics import load_frozen_judge
+    from rats_plugins.scenes.preferences import mistakes
+
+    judge = load_frozen_judge(None, "test")
+    prompts = world.split_prompts("train")[:40]
+    rng = np.random.default_rng(2)
+    pairs = [world.render_counterfactual(p, rng) for p in prompts]
+    right = mistakes(judge, torch.from_numpy(np.stack([p[0] for p in pairs])), prompts)
+    wrong = mistakes(judge, torch.from_numpy(np.stack([p[1] for p in pairs])), prompts)
+    assert (right == 0).mean() >= 0.95 and (wrong >= 1).mean() >= 0.9, (right, wrong)
+
+
+def test_preference_finetune_writes_a_clip_the_stock_reward_loads_and_refuses_the_evaluation_judge(tmp_path, monkeypatch):
+    from rats_core.errors import ConfigError
+    from rats_plugins.rewards.pickscore import pickscore
+    from rats_plugins.scenes import preferences
+    from rats_plugins.scenes.judge import JudgeNet, save_judge
+    from rats_plugins.scenes.metrics import WEIGHTS_DIR
+    from rats_plugins.scenes.pipeline import train_clip
+
+    if not (SHIPPED_PIPELINE / "model_index.json").is_file():
+        pytest.skip("scenes pipeline not built")
+    train_clip(tmp_path / "base", seed=0, steps=1, batch=8)
+    torch.manual_seed(0)
+    save_judge(JudgeNet(), tmp_path / "second")
+    # an untrained annotator reads nothing (no pairs); stand in a reading that prefers every other image
+    monkeypatch.setattr(preferences, "mistakes", lambda judge, images, prompts: np.arange(len(prompts)) % 2)
+    prompts = world.split_prompts("train")[:3]
+    info = preferences.finetune_clip_on_preferences(
+        tmp_path / "out", 0, tmp_path / "second", SHIPPED_PIPELINE, tmp_path / "base" / "clip",
+        steps=2, batch=4, per_prompt=2, prompts=prompts)
+    assert info["generated_images"] == 6 and info["pairs"] == 3
+    reward = pickscore(path=str(tmp_path / "out" / "clip"))
+    assert torch.isfinite(reward(torch.rand(2, 3, 32, 32), prompts[:2])).all()
+    with pytest.raises(ConfigError, match="evaluation judge"):
+        preferences.finetune_clip_on_preferences(tmp_path / "x", 0, WEIGHTS_DIR / "judge", SHIPPED_PIPELINE,
+                                                 tmp_path / "base" / "clip", steps=1, prompts=prompts)
+    with pytest.raises(ValueError, match="only train prompts"):
+        preferences.finetune_clip_on_preferences(tmp_path / "x", 0, tmp_path / "second", SHIPPED_PIPELINE,
+                                                 tmp_path / "base" / "clip", steps=1,
+                                                 prompts=world.split_prompts("heldout")[:1])
+
+
+def test_pretraining_preferences_without_an_annotator_says_how_to_make_one(tmp_path):
+    from rats_plugins.scenes.pretrain import main
+
+    with pytest.raises(SystemExit, match="--annotator DIR/judge.*--what judge --seed 1"):
+        main(["--what", "preferences", "--out", str(tmp_path)])
