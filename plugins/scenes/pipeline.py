@@ -31,6 +31,9 @@ from . import world
 from .pretrain import STREAM, cosine_lr, log
 
 MAX_TOKENS = 16
+#: CLIP's pixel normalisation (what the reward CLIP's preprocessor_config.json says and pickscore applies)
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 WORDS = (["a", "an", "one", "two", "three", "left", "of", "above"] + list(world.COLOURS)
          + list(world.SHAPES) + [s + "s" for s in world.SHAPES])
 
@@ -390,11 +393,9 @@ def train_clip(out: Path, seed: int, steps: int, batch: int = 96, negatives: int
                 image_size=32, patch_size=4, projection_dim=64)
     model = CLIPModel(CLIPConfig(text_config=tcfg, vision_config=vcfg, projection_dim=64))
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
-    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
     def embed_images(pixels: Tensor) -> Tensor:  # unit-length image embeddings (CLIP's normalisation)
-        out_i = model.vision_model(pixel_values=(pixels - mean) / std).pooler_output
+        out_i = model.vision_model(pixel_values=(pixels - CLIP_MEAN) / CLIP_STD).pooler_output
         return F.normalize(model.visual_projection(out_i), dim=-1)
 
     def embed_text(captions: list[str]) -> Tensor:  # unit-length caption embeddings

@@ -96,7 +96,7 @@ def finetune_clip_on_preferences(out: Path, seed: int, annotator: Path, pipeline
     sampled (default: all of them; never held-out ones)."""
     from transformers import CLIPModel, CLIPTokenizer
 
-    from .pipeline import degrade
+    from .pipeline import CLIP_MEAN, CLIP_STD, degrade
 
     annotator = Path(annotator)
     refuse_evaluation_judge(annotator, "the preference annotator")
@@ -115,11 +115,10 @@ def finetune_clip_on_preferences(out: Path, seed: int, annotator: Path, pipeline
         raise RuntimeError("preferences: the annotator found no image of a prompt better than another")
     model = CLIPModel.from_pretrained(str(clip))
     tok = CLIPTokenizer.from_pretrained(str(clip))
-    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
     def score(pixels: Tensor, captions: list[str]) -> Tensor:  # PickScore's: logit_scale.exp() * cos
-        img = F.normalize(model.visual_projection(model.vision_model(pixel_values=(pixels - mean) / std).pooler_output), dim=-1)
+        pooled = model.vision_model(pixel_values=(pixels - CLIP_MEAN) / CLIP_STD).pooler_output
+        img = F.normalize(model.visual_projection(pooled), dim=-1)
         ids = tok(captions, padding=True, return_tensors="pt")
         txt = F.normalize(model.text_projection(model.text_model(input_ids=ids.input_ids,
                                                                  attention_mask=ids.attention_mask).pooler_output), dim=-1)
