@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .judge import counts_and_centres
 from .metrics import load_frozen_judge, refuse_evaluation_judge
-from .world import COLOURS, JUDGE_SHAPES, RES, parse
+from .world import RES, parse
 
 #: the relation margin stops paying beyond this (a fraction of the image width): placing the objects
 #: further apart is not "more left of"
@@ -50,14 +51,6 @@ class SceneAttributes:
         self.model = load_frozen_judge(folder, "scene-attributes reward")
         self.relation_weight = float(relation_weight)
 
-    def _targets(self, prompts: Sequence[str]) -> tuple[Tensor, list]:
-        specs = [parse(p) for p in prompts]
-        want = torch.from_numpy(np.stack([s.table() for s in specs])).float()
-        colours, shapes = list(COLOURS), list(JUDGE_SHAPES)
-        cells = [None if s.relation is None else
-                 (s.relation, [(colours.index(o.colour), shapes.index(o.shape)) for o in s.objects]) for s in specs]
-        return want, cells
-
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         if images.shape[0] != len(prompts):
             raise ValueError(f"{images.shape[0]} images for {len(prompts)} prompts")
@@ -68,21 +61,19 @@ class SceneAttributes:
             x = F.interpolate(x, size=(RES, RES), mode="area")
         density = self.model(x)                                  # [B, colours, shapes, GRID, GRID]
         mass = density.sum(dim=(-1, -2))                         # soft counts
-        want, cells = self._targets(prompts)
-        score = -(mass - want.to(mass.device)).abs().sum(dim=(1, 2))
-        if any(c is not None for c in cells):
-            g = (torch.arange(density.shape[-1], device=density.device, dtype=density.dtype) + 0.5) / density.shape[-1]
-            cx = (density.sum(-2) * g).sum(-1) / mass.clamp(min=1e-3)
-            cy = (density.sum(-1) * g).sum(-1) / mass.clamp(min=1e-3)
+        specs = [parse(p) for p in prompts]
+        want = torch.from_numpy(np.stack([s.table() for s in specs])).float().to(mass.device)
+        score = -(mass - want).abs().sum(dim=(1, 2))
+        if any(s.relation is not None for s in specs):
+            _, centres = counts_and_centres(density, eps=1e-3)   # [B, colours, shapes, (x, y)]
             bonus = []
-            for i, c in enumerate(cells):
-                if c is None:
+            for i, s in enumerate(specs):
+                if s.relation is None:
                     bonus.append(score.new_zeros(()))
                     continue
-                relation, ((a_col, a_sh), (b_col, b_sh)) = c
-                dx = cx[i, b_col, b_sh] - cx[i, a_col, a_sh]
-                dy = cy[i, b_col, b_sh] - cy[i, a_col, a_sh]
-                margin = dx - dy.abs() if relation == "left of" else dy - dx.abs()
+                a, b = s.cells()
+                dx, dy = centres[i][b] - centres[i][a]
+                margin = dx - dy.abs() if s.relation == "left of" else dy - dx.abs()
                 bonus.append(self.relation_weight * margin.clamp(max=MARGIN_CAP))
             score = score + torch.stack(bonus)
         return score

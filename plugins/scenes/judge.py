@@ -73,13 +73,14 @@ def density_target(objects: Sequence[tuple], sigma: float = 0.7) -> Tensor:
     return t
 
 
-def counts_and_centres(density: Tensor) -> tuple[Tensor, Tensor]:
-    """Counts ``[B, 6, 4]`` (rounded mass, clipped to MAX_COUNT) and centres ``[B, 6, 4, 2]`` in [0, 1]."""
+def counts_and_centres(density: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Counts ``[B, 6, 4]`` (rounded mass, clipped to MAX_COUNT) and centres ``[B, 6, 4, 2]`` in [0, 1]
+    (differentiable; a cell's mass is floored at ``eps`` in the centre's denominator)."""
     mass = density.sum(dim=(-1, -2))
     counts = mass.round().clamp(0, MAX_COUNT).long()
-    g = (torch.arange(GRID, dtype=density.dtype) + 0.5) / GRID
-    cx = (density.sum(-2) * g).sum(-1) / mass.clamp(min=1e-6)
-    cy = (density.sum(-1) * g).sum(-1) / mass.clamp(min=1e-6)
+    g = (torch.arange(GRID, dtype=density.dtype, device=density.device) + 0.5) / GRID
+    cx = (density.sum(-2) * g).sum(-1) / mass.clamp(min=eps)
+    cy = (density.sum(-1) * g).sum(-1) / mass.clamp(min=eps)
     return counts, torch.stack([cx, cy], dim=-1)
 
 
@@ -130,8 +131,7 @@ def grade_one(spec: Spec, counts: np.ndarray, centres: np.ndarray) -> dict[str, 
     }
     ok = bool((counts == want).all())
     if spec.relation is not None:
-        colours, shapes = list(COLOURS), list(JUDGE_SHAPES)
-        cells = [(colours.index(o.colour), shapes.index(o.shape)) for o in spec.objects]
+        cells = spec.cells()
         found = all(counts[c] >= 1 for c in cells)
         rel = False
         if found:

@@ -55,7 +55,8 @@ def refuse_evaluation_judge(folder: str | Path, who: str) -> None:
         w = f / "model.safetensors"
         return hashlib.sha256(w.read_bytes()).hexdigest() if w.is_file() else None
 
-    if folder.resolve() == evaluation.resolve() or (digest(folder) is not None and digest(folder) == digest(evaluation)):
+    same_folder = folder.resolve() == evaluation.resolve()
+    if same_folder or ((mine := digest(folder)) is not None and mine == digest(evaluation)):
         raise ConfigError(
             f"{who}: {folder} is the evaluation judge (the one scene-judge and scene-fid read), which must never "
             "be used in training. Train a second judge with another seed, `python -m rats_plugins.scenes.pretrain "

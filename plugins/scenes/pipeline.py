@@ -362,6 +362,19 @@ def soft_pairs(n: int, pipeline: Path, rng: np.random.Generator, chunk: int = 12
     return torch.cat(right), torch.cat(wrong), caps
 
 
+def clip_image_embeddings(model, pixels: Tensor) -> Tensor:
+    """Unit-length CLIP image embeddings of images in [0, 1] (CLIP's pixel normalisation)."""
+    pooled = model.vision_model(pixel_values=(pixels - CLIP_MEAN) / CLIP_STD).pooler_output
+    return F.normalize(model.visual_projection(pooled), dim=-1)
+
+
+def clip_text_embeddings(model, tok, captions: list[str]) -> Tensor:
+    """Unit-length CLIP caption embeddings."""
+    ids = tok(captions, padding=True, return_tensors="pt")
+    pooled = model.text_model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).pooler_output
+    return F.normalize(model.text_projection(pooled), dim=-1)
+
+
 def train_clip(out: Path, seed: int, steps: int, batch: int = 96, negatives: int = 3,
                degraded: bool = True, counterfactuals: bool = True, generated: int = 0,
                pipeline: Path | None = None) -> dict:
@@ -394,14 +407,11 @@ def train_clip(out: Path, seed: int, steps: int, batch: int = 96, negatives: int
     model = CLIPModel(CLIPConfig(text_config=tcfg, vision_config=vcfg, projection_dim=64))
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
 
-    def embed_images(pixels: Tensor) -> Tensor:  # unit-length image embeddings (CLIP's normalisation)
-        out_i = model.vision_model(pixel_values=(pixels - CLIP_MEAN) / CLIP_STD).pooler_output
-        return F.normalize(model.visual_projection(out_i), dim=-1)
+    def embed_images(pixels: Tensor) -> Tensor:
+        return clip_image_embeddings(model, pixels)
 
-    def embed_text(captions: list[str]) -> Tensor:  # unit-length caption embeddings
-        ids = tok(captions, padding=True, return_tensors="pt")
-        out_t = model.text_model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).pooler_output
-        return F.normalize(model.text_projection(out_t), dim=-1)
+    def embed_text(captions: list[str]) -> Tensor:
+        return clip_text_embeddings(model, tok, captions)
 
     prompts = train_prompt_pool()
     train_set = set(prompts)

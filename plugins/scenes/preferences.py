@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import world
-from .judge import read
+from .judge import grade_reading, read
 from .metrics import load_frozen_judge, refuse_evaluation_judge
 from .pretrain import STREAM, cosine_lr, log
 
@@ -41,19 +41,9 @@ def mistakes(judge, images: Tensor, prompts: list[str]) -> np.ndarray:
     """Attribute mistakes per image as the judge reads it: ``sum |count - wanted|`` over (colour,
     judge shape) cells (a malformed ``blob`` is never wanted), plus 1 when a relation is wrong."""
     counts, centres = read(judge, images)
-    out = np.zeros(len(prompts))
-    colours, shapes = list(world.COLOURS), list(world.JUDGE_SHAPES)
-    for i, p in enumerate(prompts):
-        spec = world.parse(p)
-        out[i] = np.abs(counts[i] - spec.table()).sum()
-        if spec.relation is not None:
-            (a, b) = [(colours.index(o.colour), shapes.index(o.shape)) for o in spec.objects]
-            ok = counts[i][a] >= 1 and counts[i][b] >= 1
-            if ok:
-                dx, dy = centres[i][b] - centres[i][a]
-                ok = dx > abs(dy) if spec.relation == "left of" else dy > abs(dx)
-            out[i] += 0 if ok else 1
-    return out
+    grades = grade_reading(prompts, counts, centres)   # the judge's own relation check
+    return np.array([np.abs(counts[i] - world.parse(p).table()).sum() + (grades[i]["relation"] is False)
+                     for i, p in enumerate(prompts)], dtype=float)
 
 
 def preference_pairs(errors: np.ndarray, per_prompt: int) -> list[tuple[int, int]]:
@@ -75,16 +65,13 @@ def sample_generator(pipeline: Path, prompts: list[str], steps: tuple[int, ...],
 
     backbone = sd15(str(pipeline), device="cpu")
     g = torch.Generator().manual_seed(seed)
-    images = []
-    for k_i in range(per_prompt):
-        k = steps[k_i % len(steps)]
+    rounds = []                                                 # round r: every prompt once, at steps[r % len]
+    for r in range(per_prompt):
         noise = torch.randn(backbone.latent_shape(len(prompts)), generator=g)
-        for s in range(0, len(prompts), chunk):
-            images.append((k_i, s, generate(backbone, backbone.denoiser, prompts[s : s + chunk], k,
-                                             noise[s : s + chunk], batch_size=chunk, guidance_scale=guidance)))
-    by_round = [torch.cat([x for r, _, x in images if r == k_i]) for k_i in range(per_prompt)]
-    grouped = torch.stack(by_round, 1).flatten(0, 1)            # [P * per_prompt, 3, H, W], prompt-major
-    return grouped.float().clamp(0, 1), [p for p in prompts for _ in range(per_prompt)]
+        rounds.append(generate(backbone, backbone.denoiser, prompts, steps[r % len(steps)], noise,
+                               batch_size=chunk, guidance_scale=guidance))
+    grouped = torch.stack(rounds, 1).flatten(0, 1)              # [P * per_prompt, 3, H, W], prompt-major
+    return grouped, [p for p in prompts for _ in range(per_prompt)]
 
 
 def finetune_clip_on_preferences(out: Path, seed: int, annotator: Path, pipeline: Path, clip: Path,
@@ -96,7 +83,7 @@ def finetune_clip_on_preferences(out: Path, seed: int, annotator: Path, pipeline
     sampled (default: all of them; never held-out ones)."""
     from transformers import CLIPModel, CLIPTokenizer
 
-    from .pipeline import CLIP_MEAN, CLIP_STD, degrade
+    from .pipeline import clip_image_embeddings, clip_text_embeddings, degrade
 
     annotator = Path(annotator)
     refuse_evaluation_judge(annotator, "the preference annotator")
@@ -117,11 +104,7 @@ def finetune_clip_on_preferences(out: Path, seed: int, annotator: Path, pipeline
     tok = CLIPTokenizer.from_pretrained(str(clip))
 
     def score(pixels: Tensor, captions: list[str]) -> Tensor:  # PickScore's: logit_scale.exp() * cos
-        pooled = model.vision_model(pixel_values=(pixels - CLIP_MEAN) / CLIP_STD).pooler_output
-        img = F.normalize(model.visual_projection(pooled), dim=-1)
-        ids = tok(captions, padding=True, return_tensors="pt")
-        txt = F.normalize(model.text_projection(model.text_model(input_ids=ids.input_ids,
-                                                                 attention_mask=ids.attention_mask).pooler_output), dim=-1)
+        img, txt = clip_image_embeddings(model, pixels), clip_text_embeddings(model, tok, captions)
         return model.logit_scale.exp().clamp(max=100) * (img * txt).sum(-1)
 
     def bradley_terry(better: Tensor, worse: Tensor, captions: list[str]) -> Tensor:

@@ -67,13 +67,17 @@ class Spec:
     def kind(self) -> str:
         return "relation" if self.relation else "count"
 
+    def cells(self) -> list[tuple[int, int]]:
+        """Each object's (colour, judge shape) cell of the count table, in the prompt's order."""
+        colours, shapes = list(COLOURS), list(JUDGE_SHAPES)
+        return [(colours.index(o.colour), shapes.index(o.shape)) for o in self.objects]
+
     def table(self) -> np.ndarray:
         """Expected count per (colour, judge shape): ``[6, 4]`` ints."""
         t = np.zeros((len(COLOURS), len(JUDGE_SHAPES)), dtype=np.int64)
-        colours, shapes = list(COLOURS), list(JUDGE_SHAPES)
         n = self.count if self.relation is None else 1
-        for o in self.objects:
-            t[colours.index(o.colour), shapes.index(o.shape)] += n
+        for cell in self.cells():
+            t[cell] += n
         return t
 
 
