@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .errors import ConfigError, UnknownComponentError
 from .registry import format_validation_error
+from .stats import Margins
 
 
 class _Strict(BaseModel):
@@ -209,6 +210,8 @@ class EvalConfig(_Strict):
     every: int = Field(default=0, ge=0)
     #: write the report (table, grids, plots, report.json) in the run folder when training ends
     at_end: bool = True
+    #: the verdict's margins and bootstrap (rats_core/stats.py): judge, fid, resamples, seed
+    verdict: Margins = Field(default_factory=Margins)
 
 
 class RatsConfig(_Strict):
