@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from rats_core.evaluate import generate
     from rats_plugins.scenes.metrics import SceneFID, SceneJudge
 
-    judge, fid = SceneJudge(WEIGHTS / "judge"), SceneFID(WEIGHTS / "judge")
+    judge, fid = SceneJudge(), SceneFID(WEIGHTS / "judge")
     results = {}
     for k in (int(s) for s in args.steps.split(",")):
         for g in (float(s) for s in args.guidance.split(",")):

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     from rats_plugins.scenes.attribute_reward import scene_attributes
     from rats_plugins.scenes.metrics import SceneJudge
 
-    judge = SceneJudge(WEIGHTS / "judge")
+    judge = SceneJudge()
     images, grades = {}, {}
     for k in (int(s) for s in args.steps.split(",")):
         progress(f"sampling {len(prompts)} images at {k} steps")

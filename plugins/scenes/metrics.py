@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,10 @@ from rats_core.errors import ConfigError, WeightsNotFoundError
 from ..fid import feature_stats as _stats
 from ..fid import frechet_distance
 from . import world
-from .judge import grade, grade_reading, load_judge, read, summarise, to_judge_input
+from .judge import grade_reading, load_judge, read, summarise, to_judge_input
+from .reader import grade as reader_grade
+
+READERS = ("rules", "cnn")
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 #: the render seed of the real reference images of scene-fid
@@ -64,15 +67,31 @@ def refuse_evaluation_judge(folder: str | Path, who: str) -> None:
 
 
 class SceneJudge:
+    """The scenes judge: per-image grades from the rule-based reader (``reader="rules"``, the default,
+    validated against people by benchmarks/judge_agreement.py) or from a learnt judge's folder
+    (``reader="cnn"``; the pre-2026-12 default, which reads generated images at chance)."""
+
     #: prompts this component understands (see rats_core.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
     example_prompts = ["two red circles", "a blue square left of a yellow triangle"]
 
-    def __init__(self, path: str | Path | None = None):
-        self.model = load_frozen_judge(path, "scene-judge metric")
+    def __init__(self, reader: str = "rules", path: str | Path | None = None):
+        if reader not in READERS:
+            raise ConfigError(f"scene-judge: reader must be one of {', '.join(READERS)}, got '{reader}'")
+        if reader == "rules" and path is not None:
+            raise ConfigError("scene-judge: `path` names a learnt judge's folder; it needs reader: cnn "
+                              "(the rule-based reader has no weights)")
+        self.reader = reader
+        self.model = load_frozen_judge(path, "scene-judge metric") if reader == "cnn" else None
 
     def grades(self, images: Tensor, prompts: Sequence[str]) -> list[dict]:
         """Per image: ``{count, colour, shape, relation (None for counting prompts), all}`` right/wrong."""
-        return grade(self.model, images, list(prompts))
+        return self._grade(images, prompts)[0]
+
+    def _grade(self, images: Tensor, prompts: Sequence[str]) -> tuple[list[dict], np.ndarray]:
+        if self.model is None:
+            return reader_grade(to_judge_input(images), list(prompts))
+        counts, centres = read(self.model, images)
+        return grade_reading(list(prompts), counts, centres), counts
 
     def marks(self, images: Tensor, prompts: Sequence[str]) -> list[tuple[bool, str]]:
         """Per image: fully right, or wrong with the categories it got wrong (the report's grid)."""
@@ -86,8 +105,8 @@ class SceneJudge:
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
-        counts, centres = read(self.model, images)
-        acc = summarise(grade_reading(prompts, counts, centres))
+        grades, counts = self._grade(images, prompts)
+        acc = summarise(grades)
         out = {"judge_accuracy": acc["all"]}
         out.update({f"judge_{k}": v for k, v in acc.items() if k != "all"})
         # a diagnostic, not a criterion: how often the judge sees a malformed object (its near-miss class)
@@ -124,9 +143,12 @@ class SceneFID:
         return {"fid": frechet_distance(mu, cov, *self.reference(prompts))}
 
 
-def scene_judge(path: str | None = None) -> SceneJudge:
-    """GenEval-style accuracy of the attribute judge: judge_accuracy (all right) and per category."""
-    return SceneJudge(path)
+def scene_judge(reader: Literal["rules", "cnn"] = "rules", path: str | None = None) -> SceneJudge:
+    """GenEval-style accuracy of the attribute judge: judge_accuracy (all right) and per category.
+
+    reader: ``rules`` reads each object's colour, shape and place from the image itself (validated
+    against people); ``cnn`` a learnt judge (``path``: its folder, default the shipped one)."""
+    return SceneJudge(reader, path)
 
 
 def scene_fid(path: str | None = None) -> SceneFID:

@@ -264,10 +264,11 @@ def test_density_target_round_trips_to_the_labels():
 @pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "plugins" / "scenes" / "weights" / "judge").is_dir(),
                     reason="judge weights not built")
 def test_scene_judge_reports_how_often_it_sees_malformed_objects():
-    """judge_malformed_rate: ~0 on clean renders, high when every object is a near miss."""
+    """judge_malformed_rate of the learnt judge (reader: cnn): ~0 on clean renders, high when every
+    object is a near miss."""
     from rats_plugins.scenes.metrics import SceneJudge
 
-    judge = SceneJudge()
+    judge = SceneJudge(reader="cnn")
     prompts = world.split_prompts("heldout")[:60]
     clean = torch.from_numpy(world.render_batch(prompts, 11))
     rng = np.random.default_rng(11)
