@@ -160,6 +160,31 @@ def run_metrics(metrics: list[tuple[str, Any]], images: Tensor, prompts: Sequenc
     return out
 
 
+def judge_right(metrics: Sequence[tuple[str, Any]], images: Tensor, prompts: Sequence[str]) -> list[bool] | None:
+    """Per image, whether the judge metric reads it fully right, for the verdict's paired tests: the first
+    metric with ``grades(images, prompts)`` (its ``all``), else with ``marks`` (its right/wrong). None when
+    no metric judges images one by one, or when a video's frames are judged separately (then one video
+    has several readings, and the verdict falls back to unpaired intervals)."""
+    from .errors import PluginError
+
+    for name, metric in metrics:
+        grades, marks = getattr(metric, "grades", None), getattr(metric, "marks", None)
+        if not callable(grades) and not callable(marks):
+            continue
+        imgs, texts = metric_input(metric, images, prompts)
+        if len(texts) != len(prompts):
+            return None
+        try:
+            right = [bool(g["all"]) for g in grades(imgs, texts)] if callable(grades) else \
+                [bool(ok) for ok, _ in marks(imgs, texts)]
+        except Exception as exc:
+            raise PluginError(f"metric '{name}': per-image grades raised {type(exc).__name__}: {exc}") from exc
+        if len(right) != len(prompts):
+            raise PluginError(f"metric '{name}': {len(right)} per-image grades for {len(prompts)} images")
+        return right
+    return None
+
+
 def evaluate_variants(
     backbone: Any,
     rewards: Any,
@@ -173,10 +198,13 @@ def evaluate_variants(
     device: Any = "cpu",
     progress: bool = False,
     per_image: dict[str, Tensor] | None = None,
+    judged: dict[str, list[bool]] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor], list[str]]:
     """Sample and score every variant on the same prompts and noise.
 
-    ``per_image``, when given, receives each variant's per-image combined reward.
+    ``per_image``, when given, receives each variant's per-image combined reward; ``judged`` whether
+    the judge metric reads each image right (:func:`judge_right`; variants it cannot judge image by
+    image are left out), both in prompt order, for the verdict's paired tests.
 
     Returns ``(results, images, expanded_prompts)``: ``results[label]`` holds ``steps``, each reward's
     mean/ci95 (``reward`` is the configured combination) and every metric; ``images[label]`` the
@@ -212,6 +240,10 @@ def evaluate_variants(
             results[v.label] = entry
             if per_image is not None:
                 per_image[v.label] = scores["reward"]
+            if judged is not None and metrics:
+                right = judge_right(list(metrics), imgs, expanded)
+                if right is not None:
+                    judged[v.label] = right
             images[v.label] = imgs
     finally:
         if bar is not None:
@@ -295,10 +327,11 @@ def end_of_run_report(trainer: "Trainer") -> dict[str, Any] | None:
     images: dict[str, Tensor] = {}
     expanded: list[str] = []
     per_image: dict[str, Tensor] = {}
+    judged: dict[str, list[bool]] = {}
     common = dict(
         metrics=metrics, images_per_prompt=cfg.eval.images_per_prompt, seed=cfg.eval.seed,
         batch_size=cfg.eval.batch_size, device=trainer.dist.device, progress=trainer.dist.is_main,
-        per_image=per_image,
+        per_image=per_image, judged=judged,
     )
     if base_state is not None:
         with swapped_weights(trainer, base_state):
@@ -323,7 +356,7 @@ def end_of_run_report(trainer: "Trainer") -> dict[str, Any] | None:
     # the whole run's records: after a resume, trainer.history holds only this process's steps
     history = run_history(trainer.output_dir, trainer.history, last_step=trainer.step)
     return write_report(trainer.output_dir, cfg, results, images, expanded, history, scores=per_image,
-                        mark=grid_marker(metrics))
+                        mark=grid_marker(metrics), judged=judged)
 
 
 def load_history(run_dir: Path) -> list[dict[str, float]]:

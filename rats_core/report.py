@@ -403,6 +403,17 @@ def training_curves(history: Sequence[dict[str, Any]], path: Path, overtake: int
 Mark = Callable[[Tensor, Sequence[str]], "Sequence[tuple[bool, str]] | None"]
 
 
+def per_image_record(prompts: Sequence[str], scores: dict[str, Tensor] | None,
+                     judged: dict[str, Sequence[bool]] | None) -> dict[str, Any]:
+    """report.json's ``per_image``: ``{"prompts": [...], "reward": {label: [...]}, "judge_right": {label:
+    [...]}}``, every list in the order of ``prompts`` (the verdict's paired tests read it)."""
+    return {
+        "prompts": list(prompts),
+        "reward": {k: [round(float(x), 6) for x in v.tolist()] for k, v in (scores or {}).items()},
+        "judge_right": {k: [bool(x) for x in v] for k, v in (judged or {}).items()},
+    }
+
+
 def grid_marks(images: dict[str, Tensor], prompts: Sequence[str], mark: Mark | None
                ) -> dict[str, Sequence[tuple[bool, str]]] | None:
     """Each grid row's ``mark(images, prompts)`` (a judge metric's right/wrong per image, see
@@ -422,14 +433,17 @@ def write_report(
     history: Sequence[dict[str, Any]],
     scores: dict[str, Tensor] | None = None,
     mark: Mark | None = None,
+    judged: dict[str, Sequence[bool]] | None = None,
 ) -> dict[str, Any]:
     """report.md, report.json and report/*.png. ``scores``: each image's combined reward, per variant
-    (printed above the grid's images); ``mark(images, prompts)``: a judge metric's per-image verdicts
-    (:func:`rats_core.interfaces.metric_marks`), asked for the grid's images only."""
+    (printed above the grid's images, and the verdict's paired reward test); ``mark(images, prompts)``:
+    a judge metric's per-image verdicts (:func:`rats_core.interfaces.metric_marks`), asked for the
+    grid's images only; ``judged``: whether the judge reads each image right, per variant (the
+    verdict's paired judge test). Both go to report.json's ``per_image``, in ``prompts``' order."""
     output_dir = Path(output_dir)
     report_dir = output_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    from .verdict import markdown as verdict_markdown, verdict
+    from .verdict import markdown as verdict_markdown, verdict, verdict_line
 
     step, source = overtake_step(history)
     ahead = stays_ahead(history, step)
@@ -446,11 +460,15 @@ def write_report(
         "teacher_kind": cfg.teacher.kind,
         "gate": cfg.gate.name,
         "horizons": cfg.horizons.name,
-        # per criterion (reward, judge, realism) and a reward-hacking flag; rats_core/verdict.py
-        "verdict": verdict(results),
         "prompts": len(set(prompts)),
         "images": len(prompts),
+        # per image, in the order of `prompts`: what makes the verdict's tests paired
+        "per_image": per_image_record(prompts, scores, judged),
     }
+    margins = getattr(cfg.eval, "verdict", None)
+    # per criterion (reward, judge, realism), the fair test, a reward-hacking flag and the bottom line;
+    # rats_core/verdict.py
+    report["verdict"] = verdict(results, per_image=report["per_image"], margins=margins)
     write_json_atomic(output_dir / "report.json", report)
     cols = spread_columns(prompts, 10)
     grid_prompts = [prompts[i] for i in cols]
@@ -471,6 +489,8 @@ def write_report(
     )
     lines = [
         f"# RATS report — {cfg.backbone.name}",
+        "",
+        verdict_line(report["verdict"]),
         "",
         f"Held-out prompts: {len(set(prompts))} ({len(prompts)} images, the same noise for every row). "
         f"Student: {k} steps; teacher ({cfg.teacher.kind}): {n} steps; gate `{cfg.gate.name}`, "

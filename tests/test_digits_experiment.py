@@ -33,13 +33,23 @@ def test_digits_experiment_short_run_writes_the_report(tmp_path, capsys):
         assert 0.0 <= held[who]["judge_accuracy"] <= 1.0 and held[who]["fid"] >= 0.0
     assert "overtake_step" in report
     # issue 16: a verdict per criterion and a reward-hacking flag, not one student_beats_teacher boolean
+    # issue 28: every criterion by the one rule of rats_core/stats.py, paired per image, and a bottom line
     verdict = report["verdict"]
     for criterion in ("reward", "judge", "realism"):
-        assert isinstance(verdict[criterion]["holds"], bool), criterion
+        assert verdict[criterion]["status"] in ("yes", "no", "within noise", "not testable"), criterion
+        assert verdict[criterion]["holds"] in (True, False, None), criterion
+    assert verdict["reward"]["test"].startswith("paired bootstrap") and verdict["judge"]["test"].startswith("McNemar")
+    assert verdict["realism"]["status"] == "not testable"  # one run's FID has no interval
+    assert verdict["bottom_line"]["status"] in ("not testable", "not supported")  # never supported in one run
     assert isinstance(verdict["reward_hacking"]["flag"], bool) and "all_hold" in verdict
     assert verdict["fair_test"]["judge_base_n"] == held["base_teacher_steps"]["judge_accuracy"]
+    per_image = report["per_image"]
+    assert len(per_image["prompts"]) == 6 and len(per_image["reward"]["student"]) == 6
+    assert sum(per_image["judge_right"]["teacher"]) / 6 == pytest.approx(held["teacher"]["judge_accuracy"])
     assert "student_beats_teacher" not in json.dumps(report)
-    assert "## Verdict" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text().splitlines()
+    assert md[0].startswith("# RATS report") and md[2].startswith("Verdict: not ")
+    assert "## Verdict (student at K steps vs teacher at N steps, held-out prompts)" in md
     for name in ("grid.png", "curves.png", "reward_vs_nfe.png"):
         assert (out / "report" / name).stat().st_size > 1000
     assert (out / "report.md").read_text().count("|") > 10
