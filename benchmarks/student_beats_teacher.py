@@ -9,9 +9,11 @@ scenes world, when it and its weights exist, else ``experiments/digits.yaml``; e
 with ``--runs``, reads the report.json of runs already made (e.g. seeds run side by side). Per seed
 and as mean ± sd over seeds: the held-out reward, judge accuracy (and per category) and FID of the
 student (K steps), its teacher (N steps), and the base model at K and at N steps (and at the other
-evaluated K). ``claim`` gives the three criteria over seeds (rats_core.verdict.across_seeds):
-reward above the teacher's in every seed, judge accuracy at least the teacher's on average, FID not
-above the teacher's beyond the seed spread; and how many seeds flag reward hacking.
+evaluated K). ``claim`` gives the three criteria over seeds (rats_core.verdict.across_seeds, the
+one rule of rats_core/stats.py): per-seed paired differences student − teacher with their 95 % t
+interval -- reward really better, judge accuracy and FID not worse beyond their margins --, the fair
+test in every seed, reward hacking, and the bottom line; a seed's ``student_beats_teacher`` is its
+reward criterion as the rule reads it (really better on the paired per-image test).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def scenes_or_default(config: str | None) -> str | None:
 
 def summarise(reports: list[tuple[int, dict]]) -> dict:
     """Per-seed rows, mean ± sd per column, and the three criteria over seeds."""
-    from rats_core.verdict import across_seeds
+    from rats_core.verdict import across_seeds, verdict
 
     per_seed = []
     for seed, report in reports:
@@ -54,31 +56,37 @@ def summarise(reports: list[tuple[int, dict]]) -> dict:
             for col in COLUMNS:
                 if col in held.get(key, {}):
                     row[f"{label}_{col}"] = held[key][col]
-        row["student_beats_teacher"] = row.get("student_reward", float("-inf")) > row.get("teacher_reward", float("inf"))
-        row["verdict"] = (report.get("verdict") or {}).get("summary")
+        v = verdict(held, per_image=report.get("per_image"))  # recomputed: older reports had another rule
+        row["student_beats_teacher"] = bool(v and v["reward"]["status"] == "yes")
+        row["verdict"] = v.get("summary")
         per_seed.append(row)
     keys = [k for k in per_seed[0] if k not in ("seed", "overtake_step", "student_beats_teacher", "verdict")]
     summary = {k: mean_sd([r[k] for r in per_seed if isinstance(r.get(k), (int, float))]) for k in keys}
-    claim = across_seeds([r["held_out"] for _, r in reports])
+    claim = across_seeds([r["held_out"] for _, r in reports], per_image=[r.get("per_image") for _, r in reports])
     return {"per_seed": per_seed, "summary": summary, "claim": claim}
 
 
 def claim_lines(claim: dict) -> list[str]:
-    def fmt(name: str, c: dict | None, extra: str = "") -> str:
+    def fmt(name: str, c: dict | None) -> str:
         if c is None:
             return f"{name}: not measured"
-        return (f"{name}: {'HOLDS' if c['holds'] else 'does NOT hold'} (student {c['student_mean']:.4g} vs teacher "
-                f"{c['teacher_mean']:.4g}, student ahead or level in {c['wins']}/{claim['seeds']} seeds{extra})")
+        iv = c.get("interval")
+        interval = "no interval" if iv is None else f"95% interval of the difference [{iv[0]:+.3g}, {iv[1]:+.3g}]"
+        return (f"{name}: {c['status']} (student {c['student_mean']:.4g} vs teacher {c['teacher_mean']:.4g}, "
+                f"{interval}, margin {c['margin']:.3g}; {c['test']}; student ahead or level in "
+                f"{c['wins']}/{claim['seeds']} seeds)")
 
-    real = claim.get("realism")
-    return [fmt("reward above the teacher's", claim["reward"]),
-            fmt("judge accuracy at least the teacher's", claim["judge"]),
-            fmt("FID not worse than the teacher's beyond the seed spread", real,
-                f"; spread {real['seed_spread']:.3g}" if real else ""),
-            f"reward hacking flagged in {claim['reward_hacking_seeds']}/{claim['seeds']} seeds",
-            f"fair test (base clearly worse at K than at N on the judge, and on FID) in "
+    hack = claim.get("reward_hacking") or {}
+    bottom = claim.get("bottom_line") or {}
+    return [fmt("reward really better than the teacher's", claim["reward"]),
+            fmt("judge accuracy not worse than the teacher's", claim["judge"]),
+            fmt("FID not worse than the teacher's", claim.get("realism")),
+            ("reward hacking FLAGGED over seeds: " + "; ".join(hack["worse"]) if hack.get("flag")
+             else "reward hacking not flagged over seeds")
+            + f" (flagged in {claim['reward_hacking_seeds']}/{claim['seeds']} single seeds)",
+            f"fair test (base really worse at K than at N on the judge, FID higher at K) in "
             f"{claim.get('fair_test_seeds', 0)}/{claim['seeds']} seeds",
-            f"claim over seeds: {'HOLDS' if claim['claim_holds'] else 'does NOT hold'}"]
+            f"claim over seeds: {bottom.get('status', '?')} — {bottom.get('reason', '')}"]
 
 
 def mean_sd(values: list[float]) -> dict[str, float | None]:
@@ -94,6 +102,8 @@ TABLE_COLUMNS = ("reward", "judge_accuracy", "judge_count", "judge_colour", "jud
 def ablation_table(specs: list[str]) -> int:
     """Markdown rows per variant: the K-step student's held-out numbers, mean ± sd over its runs, then
     the teacher's and the base model's at K and N of the first variant as reference rows."""
+    from rats_core.verdict import verdict
+
     rows, refs = [], None
     for spec in specs:
         name, _, dirs = spec.partition("=")
@@ -112,7 +122,7 @@ def ablation_table(specs: list[str]) -> int:
         m = mean_sd(vals)
         return f"{m['mean']:.3f}" + (f" ± {m['sd']:.3f}" if m["sd"] is not None else "")
 
-    head = "| variant | seeds | " + " | ".join(TABLE_COLUMNS) + " | student reward > teacher | hacking flagged |"
+    head = "| variant | seeds | " + " | ".join(TABLE_COLUMNS) + " | student reward really > teacher | hacking flagged |"
     lines = [head, "|---|---:|" + "---:|" * (len(TABLE_COLUMNS) + 2)]
     for label, key in (("base, K steps", "base"), ("base, N steps", "base_teacher_steps")):
         entries = [r["held_out"][key] for r in refs if key in r["held_out"]]
@@ -121,8 +131,10 @@ def ablation_table(specs: list[str]) -> int:
                          + " | | |")
     for name, students, reports in rows:
         teachers = [r["held_out"]["teacher"] for r in reports if "teacher" in r["held_out"]]
-        wins = sum(s["reward"] > t["reward"] for s, t in zip(students, teachers))
-        flags = sum(bool((r.get("verdict") or {}).get("reward_hacking", {}).get("flag")) for r in reports)
+        # the rule of rats_core/stats.py, recomputed (a report.json written before it had another)
+        verdicts = [verdict(r["held_out"], per_image=r.get("per_image")) for r in reports]
+        wins = sum(bool(v and v["reward"]["status"] == "yes") for v in verdicts)
+        flags = sum(bool(v and v["reward_hacking"]["flag"]) for v in verdicts)
         lines.append(f"| {name} (student, K) | {len(students)} | "
                      + " | ".join(cell([s[c] for s in students]) for c in TABLE_COLUMNS)
                      + f" | {wins}/{len(teachers)} | {flags}/{len(reports)} |")

@@ -93,8 +93,8 @@ def run_ablation(
             print(f"[{i}/{len(plans)}] variant {name}, seed {seed}", file=sys.stderr)
             result = train(cfg)
             report = result.report or json.loads((Path(cfg.output_dir) / "report.json").read_text())
-        results.setdefault(name, []).append(_summary(report, seed))
-    table = summarise(results)
+        results.setdefault(name, []).append(_summary(report, seed, root_cfg.eval.verdict))
+    table = summarise(results, root_cfg.eval.verdict)
     write_json_atomic(root / "ablation.json", {"variants": chosen, "seeds": seeds, "runs": results, "summary": table})
     (root / "ablation.md").write_text(markdown(table, seeds) + "\n")
     print((root / "ablation.md").read_text())
@@ -142,31 +142,44 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".") or "(root)"]
 
 
-def _summary(report: dict[str, Any], seed: int) -> dict[str, Any]:
+#: the variants of a run the comparison keeps (with their per-image data, for the paired tests)
+KEPT = ("student", "teacher", "base", "base_teacher_steps")
+
+
+def _summary(report: dict[str, Any], seed: int, margins: Any = None) -> dict[str, Any]:
+    """One run's row: its numbers, the verdict's statuses (rats_core/verdict.py; paired where its
+    report.json has ``per_image``, unpaired for older reports) and what :func:`summarise` needs."""
     from .verdict import verdict
 
     held = report.get("held_out", {})
+    per_image = report.get("per_image")
     out: dict[str, Any] = {"seed": seed, "overtake_step": report.get("overtake_step")}
     for who in ("student", "teacher", "base", "base_teacher_steps"):
         for col in COLUMNS:
             if col in held.get(who, {}):
                 out[f"{who}_{col}"] = held[who][col]
-    if "student_reward" in out and "teacher_reward" in out:
-        out["student_beats_teacher"] = out["student_reward"] > out["teacher_reward"]
-    v = verdict(held)
+    v = verdict(held, per_image=per_image, margins=margins)
     if v:
+        # the reward criterion as the rule reads it: really better, not merely a higher mean
+        out["student_beats_teacher"] = v["reward"]["status"] == "yes"
         out["reward_hacking"] = bool(v["reward_hacking"]["flag"])
         for crit in ("reward", "judge", "realism"):
             if v.get(crit) is not None:
-                out[f"holds_{crit}"] = bool(v[crit]["holds"])
-    out["held_out"] = {k: held[k] for k in ("student", "teacher", "base", "base_teacher_steps") if k in held}
+                out[f"holds_{crit}"] = v[crit]["holds"]
+                out[f"status_{crit}"] = v[crit]["status"]
+        out["bottom_line"] = v["bottom_line"]
+    out["held_out"] = {k: held[k] for k in KEPT if k in held}
+    if per_image:
+        out["per_image"] = {"prompts": per_image.get("prompts"),
+                            **{kind: {k: x for k, x in (per_image.get(kind) or {}).items() if k in KEPT}
+                               for kind in ("reward", "judge_right")}}
     return out
 
 
-def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def summarise(results: dict[str, list[dict[str, Any]]], margins: Any = None) -> dict[str, dict[str, Any]]:
     """Per variant: the mean and standard deviation over seeds of every number, how many seeds'
-    students beat their teacher on reward and flag reward hacking, and the claim over seeds
-    (:func:`rats_core.verdict.across_seeds`)."""
+    students are really better than their teacher on reward (the verdict's rule) and flag reward
+    hacking, and the claim over seeds (:func:`rats_core.verdict.across_seeds`)."""
     import statistics
 
     from .verdict import across_seeds
@@ -185,8 +198,9 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
         row["overtake_steps"] = [r.get("overtake_step") for r in runs]
         held = [r["held_out"] for r in runs if r.get("held_out", {}).get("student") and r["held_out"].get("teacher")]
         if len(held) == len(runs) and held:
-            claim = across_seeds(held)
-            row["claim"] = {k: claim[k] for k in ("reward", "judge", "realism", "claim_holds")}
+            claim = across_seeds(held, per_image=[r.get("per_image") for r in runs], margins=margins)
+            row["claim"] = {k: claim[k] for k in ("reward", "judge", "realism", "reward_hacking", "fair_test",
+                                                  "claim_holds", "bottom_line")}
         table[name] = row
     return table
 
@@ -214,18 +228,22 @@ def markdown(table: dict[str, dict[str, Any]], seeds: list[int]) -> str:
     present = [(k, h) for k, h in cols if any(row.get(k) is not None for row in table.values())]
     lines = [
         f"Mean ± standard deviation over seeds {seeds} (held-out prompts; the student at K steps, its own "
-        "teacher at N). 'beats teacher': seeds whose student reward is above the teacher's; 'hacking': seeds "
-        "flagging reward hacking (reward above the base model's at K while judge accuracy or FID is worse "
-        "than the base's at K or the teacher's).",
+        "teacher at N). 'beats teacher': seeds whose student reward is really above the teacher's (its paired "
+        "95% interval above 0); 'hacking': seeds flagging reward hacking (reward really above the base model's "
+        "at K while judge accuracy is really worse than the base's at K or the teacher's, beyond the margin); "
+        "'claim': the verdict over seeds (per-seed paired differences; docs/eval.md, the verdict).",
         "",
-        "| variant | " + " | ".join(h for _, h in present) + " | beats teacher | hacking | overtaking step |",
-        "|---|" + "---:|" * len(present) + "---:|---:|---|",
+        "| variant | " + " | ".join(h for _, h in present) + " | beats teacher | hacking | claim | overtaking step |",
+        "|---|" + "---:|" * len(present) + "---:|---:|---|---|",
     ]
     for name, row in table.items():
         cells = [_cell(row, k) for k, _ in present]
         steps = ", ".join("never" if s is None else str(s) for s in row["overtake_steps"])
+        bottom = (row.get("claim") or {}).get("bottom_line")
+        claim = f"{bottom['status']}: {bottom['reason']}" if bottom else ""
         lines.append(f"| {name} | " + " | ".join(cells)
-                     + f" | {row['student_beats_teacher']}/{row['runs']} | {row['reward_hacking']}/{row['runs']} | {steps} |")
+                     + f" | {row['student_beats_teacher']}/{row['runs']} | {row['reward_hacking']}/{row['runs']} "
+                     f"| {claim} | {steps} |")
     base = next((r for r in table.values() if r.get("base_reward") is not None), None)
     if base is not None:
         names = {"reward": "reward", "judge_accuracy": "judge", "fid": "FID"}
