@@ -226,3 +226,42 @@ def test_a_toy_run_writes_per_image_data_and_opens_report_md_with_the_verdict(tm
     md = (tmp_path / "run" / "report.md").read_text().splitlines()
     assert md[0].startswith("# RATS report") and md[1] == ""
     assert md[2] == "Verdict: not testable here — " + v["bottom_line"]["reason"] + "."
+
+
+def test_judge_right_prefers_grades_then_marks_and_ablate_reads_old_and_new_reports():
+    import torch
+
+    from rats_core.ablate import _summary, summarise
+    from rats_core.evaluate import judge_right
+
+    class Graded:
+        def grades(self, images, prompts):
+            return [{"all": i % 2 == 0} for i in range(len(prompts))]
+
+        def marks(self, images, prompts):
+            return [(False, "x")] * len(prompts)
+
+    class Marked:
+        def marks(self, images, prompts):
+            return [(True, "")] * len(prompts)
+
+    images, prompts = torch.zeros(3, 3, 4, 4), ["a", "b", "c"]
+    assert judge_right([("plain", lambda i, p: {}), ("g", Graded())], images, prompts) == [True, False, True]
+    assert judge_right([("m", Marked())], images, prompts) == [True, True, True]
+    assert judge_right([("plain", lambda i, p: {})], images, prompts) is None
+    held = {"base": _entry(1.0, 0.3, 80), "base_teacher_steps": _entry(1.5, 0.6, 45),
+            "teacher": _entry(2.0, 0.6, 40), "student": _entry(2.5, 0.61, 39)}
+    old = _summary({"held_out": held}, 0)  # a report.json from before per_image: unpaired, still a verdict
+    assert old["status_judge"] == "within noise" and old["holds_judge"] is None and old["student_beats_teacher"]
+    assert "per_image" not in old
+    n = 200
+    per_image = {"prompts": [f"p{i}" for i in range(n)],
+                 "reward": {k: [held[k]["reward"]] * n for k in held},
+                 "judge_right": {"student": _right(122, n), "teacher": _right(120, n), "base": _right(60, n),
+                                 "base_teacher_steps": _right(120, n), "student_1": _right(1, n)}}
+    new = _summary({"held_out": held, "per_image": per_image}, 1)
+    assert new["status_judge"] == "yes" and set(new["per_image"]["judge_right"]) == {"student", "teacher", "base",
+                                                                                     "base_teacher_steps"}
+    table = summarise({"rats": [old, new]})
+    assert table["rats"]["claim"]["bottom_line"]["status"] in ("supported", "not supported", "not testable")
+    assert table["rats"]["student_beats_teacher"] == 2
