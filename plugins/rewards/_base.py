@@ -1,11 +1,21 @@
-"""What the real reward models share: frozen in eval mode, a dtype option, a per-prompt-list cache."""
+"""What the real reward models share: frozen in eval mode, a dtype option, a per-prompt-list cache, and
+float32 for the scalars and reductions that turn features into a score.
+
+A reward's ``dtype: bfloat16`` (and a training step under bf16 autocast) is about the networks' matmuls.
+The few numbers that set the score's scale — a CLIP ``logit_scale``, ImageReward's head and its
+mean/std, the L2 normalisation and the cosine — stay float32: bf16 keeps 8 significant bits, so
+``ln 100`` stored in bf16 is 4.59375 and ``exp`` of it scales every PickScore 1.14 % low.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any, Callable, Literal, Sequence
 
+import contextlib
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 #: the ``dtype`` option of every reward plugin
@@ -23,6 +33,8 @@ class FrozenReward(nn.Module):
     """
 
     cache_size = 8
+    #: submodules kept in float32 whatever ``dtype`` says (small heads whose output is the score)
+    float32_modules: tuple[str, ...] = ()
 
     def __init__(self, dtype: DType = "float32"):
         super().__init__()
@@ -31,6 +43,8 @@ class FrozenReward(nn.Module):
 
     def freeze(self) -> "FrozenReward":
         self.to(self._requested_dtype)
+        for name in self.float32_modules:
+            self.get_submodule(name).float()
         self.requires_grad_(False)
         return super().train(False)
 
@@ -47,8 +61,11 @@ class FrozenReward(nn.Module):
         return next(self.parameters()).dtype
 
     def cached(self, prompts: Sequence[str], compute: Callable[[list[str]], Any]) -> Any:
-        """``compute(prompts)`` once per prompt list (and device/dtype), without gradient."""
-        key = (tuple(prompts), self.device, self.dtype)
+        """``compute(prompts)`` once per prompt list (and device, dtype and autocast state), without gradient.
+
+        The autocast state is part of the key: text features computed under a training step's bf16
+        autocast are not reused by a float32 evaluation of the same prompts (nor the other way round)."""
+        key = (tuple(prompts), self.device, self.dtype, autocast_state(self.device))
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -69,3 +86,26 @@ class FrozenReward(nn.Module):
     def as_scores(x: Tensor) -> Tensor:
         """``[B]`` float32 scores, whatever dtype the model ran in."""
         return x.reshape(-1).float()
+
+    @staticmethod
+    def unit(x: Tensor) -> Tensor:
+        """``x / ‖x‖`` over the last dimension, in float32 (a bf16 norm and division cost ~0.4 %)."""
+        return F.normalize(x.float(), dim=-1)
+
+    @staticmethod
+    def cosine(a: Tensor, b: Tensor) -> Tensor:
+        """Row-wise cosine of two feature batches, normalised and summed in float32."""
+        return (FrozenReward.unit(a) * FrozenReward.unit(b)).sum(dim=-1)
+
+
+def autocast_state(device: torch.device) -> tuple[bool, torch.dtype | None]:
+    """``(enabled, dtype)`` of autocast on ``device``'s type (the cache key's precision part)."""
+    kind = device.type
+    if not torch.is_autocast_enabled(kind):
+        return False, None
+    return True, torch.get_autocast_dtype(kind)
+
+
+def float32_compute(device: torch.device) -> contextlib.AbstractContextManager:
+    """A block whose matmuls run in float32 even inside a bf16 autocast step (a reward's head)."""
+    return torch.autocast(device.type, enabled=False)

@@ -87,6 +87,9 @@ def center_crop(images: Tensor, size: int, offset: Literal["round", "floor"]) ->
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``(x − mean) / std`` per channel, in float32 for half inputs (the network casts after)."""
+    if images.dtype in (torch.float16, torch.bfloat16):
+        images = images.float()
     m = torch.tensor(mean, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
     s = torch.tensor(std, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
     return (images - m) / s

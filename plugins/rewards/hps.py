@@ -92,14 +92,15 @@ class HPS(FrozenReward):
 
     def encode_text(self, prompts: list[str]) -> Tensor:
         tokens = self.tokenizer(prompts).to(self.device)
-        return self.model.encode_text(tokens, normalize=True)
+        return self.unit(self.model.encode_text(tokens))
 
     def forward(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         check_images(images, prompts, "hps")
         text = self.cached(prompts, self.encode_text)
         pixels = self.preprocess(images.to(self.device)).to(self.dtype)
-        image = self.model.encode_image(pixels, normalize=True)
-        return self.as_scores((image * text).sum(dim=-1))
+        image = self.model.encode_image(pixels)
+        # normalised and summed in float32 whatever the model's dtype (see _base.py)
+        return self.as_scores((self.unit(image) * text).sum(dim=-1))
 
 
 _DOC_OPTIONS = """

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from rats_core import hookimpl
 from rats_core.errors import CheckpointError
 
-from ._base import DType, FrozenReward
+from ._base import DType, FrozenReward, float32_compute
 from ._preprocess import CLIP_MEAN, CLIP_STD, check_images, resize_crop_normalize
 from ._weights import WeightsHint, from_pretrained, load_state_dict, resolve_file, strip_prefix
 
@@ -106,7 +106,10 @@ def map_official_state_dict(state_dict: dict[str, Tensor]) -> dict[str, dict[str
 
 
 class MLPHead(nn.Module):
-    """The official ``MLP``: five Linear layers, no activation, dropout removed (identity at eval)."""
+    """The official ``MLP``: five Linear layers, no activation, dropout removed (identity at eval).
+
+    :class:`ImageReward` keeps it in float32 and runs it outside autocast: its output *is* the score,
+    and it is a few hundred thousand weights next to BLIP's 400 million."""
 
     def __init__(self, sizes: Sequence[int]):
         super().__init__()
@@ -206,6 +209,8 @@ def load_tokenizer(path: str):
 class ImageReward(FrozenReward):
     """``ImageReward(images[B,3,H,W] in [0,1], prompts) -> [B]`` on the official scale (≈ −2…2)."""
 
+    float32_modules = ("mlp",)
+
     def __init__(self, path: str | None = None, tokenizer: str = TOKENIZER, dtype: DType = "float32"):
         super().__init__(dtype)
         checkpoint = resolve_file(path, _WEIGHTS)
@@ -240,7 +245,8 @@ class ImageReward(FrozenReward):
         text = self.text(
             input_ids=ids.to(device), attention_mask=mask.to(device), encoder_hidden_states=image_tokens
         ).last_hidden_state[:, 0, :]
-        raw = self.mlp(text)
+        with float32_compute(device):  # the head and the standardisation in float32 (see _base.py)
+            raw = self.mlp(text.float())
         return self.as_scores((raw - MEAN) / STD)
 
 

@@ -331,6 +331,73 @@ def test_bfloat16_close_to_float32(files, rewards, name, atol):
     torch.testing.assert_close(got.detach(), ref, rtol=0, atol=atol)
 
 
+#: each reward's scale: the size of its scores' range (PickScore: logit_scale.exp() = 100 times a cosine;
+#: HPS: a cosine; ImageReward: standardised scores, about -2...2)
+SCORE_SCALE = {"pickscore": 100.0, "hpsv2": 1.0, "imagereward": 4.0}
+EIGHT_PROMPTS = [f"a {c} {o}" for c in ("red", "blue") for o in ("cat", "dog", "car", "house")]
+
+
+@pytest.mark.parametrize("name", sorted(SCORE_SCALE))
+def test_bfloat16_scores_within_0_2_percent_of_scale(files, rewards, name):
+    """A ``dtype: bfloat16`` reward scores the same images as its float32 self within 0.2 % of the score's
+    scale on average (max 0.5 %: the tiny random networks' bf16 matmuls, not a bias). The scalars that set
+    the scale (PickScore's logit_scale = ln 100, ImageReward's head and mean/std, every normalisation and
+    cosine) are float32, so a bf16 reward has no systematic offset."""
+    half = get_registry().build("rewards", name, {**files["options"][name], "dtype": "bfloat16"})
+    images = torch.rand(8, 3, 30, 30)
+    prompts = EIGHT_PROMPTS
+    with torch.no_grad():
+        got, ref = half(images, prompts), rewards[name](images, prompts)
+    diff = (got - ref) / SCORE_SCALE[name]
+    assert diff.abs().mean() <= 0.002, (name, diff.tolist())
+    assert diff.abs().max() <= 0.005, (name, diff.tolist())
+    if name == "pickscore":  # the scale is exp(ln 100) = 100, not exp(bf16(ln 100)) = 98.86 (every score -1.14 %)
+        assert half.logit_scale == pytest.approx(100.0, rel=1e-6)
+        assert half.model.logit_scale.dtype == torch.bfloat16
+    if name == "imagereward":
+        assert {p.dtype for p in half.mlp.parameters()} == {torch.float32}
+        assert half.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", sorted(SCORE_SCALE))
+def test_float32_reward_under_bf16_autocast_keeps_its_scale(files, rewards, name):
+    """A float32 reward called inside a bf16 training step (autocast): same bounds as a bf16 reward."""
+    images = torch.rand(8, 3, 30, 30)
+    prompts = EIGHT_PROMPTS
+    reward = rewards[name]
+    with torch.no_grad():
+        ref = reward(images, prompts)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = reward(images, prompts)
+    diff = (got - ref) / SCORE_SCALE[name]
+    assert got.dtype == torch.float32
+    assert diff.abs().mean() <= 0.002 and diff.abs().max() <= 0.005, (name, diff.tolist())
+
+
+def test_prompt_cache_is_keyed_on_autocast_state(rewards, monkeypatch):
+    """Text features computed under a training step's bf16 autocast are not reused by a float32
+    evaluation of the same prompts: each precision computes (and keeps) its own."""
+    reward = rewards["pickscore"]
+    calls = []
+    original = reward.encode_text
+    monkeypatch.setattr(reward, "encode_text", lambda p: calls.append(p) or original(p))
+    reward._cache.clear()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reward(images, PROMPTS)
+        assert len(calls) == 1
+        fp32 = reward(images, PROMPTS)
+        assert len(calls) == 2, "fp32 evaluation reused features computed under bf16 autocast"
+        reward._cache.clear()
+        calls.clear()
+        assert torch.equal(reward(images, PROMPTS), fp32)  # the fp32 features, as if computed first
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reward(images, PROMPTS)
+            reward(images, PROMPTS)
+    assert len(calls) == 2
+
+
 # ----------------------------------------------------------------------------- PickScore
 
 
