@@ -71,16 +71,85 @@ def _is_plain(v: Any) -> bool:
     return False
 
 
+#: top-level entries of DeepSpeed's ZeRO optimizer state that are not plain data but configuration the
+#: live optimizer rebuilds from the run's settings: its LossScaler object, the stage enum, each
+#: parameter's fragment addresses, partition-group and universal-checkpoint metadata
+LIVE_ENTRIES = frozenset(
+    {"loss_scaler", "zero_stage", "param_slice_mappings", "ds_zero_partition_groups", "universal_checkpoint_info"}
+)
+
+
 def plain_state(state: dict[str, Any]) -> dict[str, Any]:
-    """Drop the top-level entries that are not plain data (DeepSpeed keeps a LossScaler object and an
-    enum in its ZeRO optimizer state); they are configuration, restored from the live optimizer."""
-    return {k: v for k, v in state.items() if _is_plain(v)}
+    """The optimizer state to save: every entry, except DeepSpeed's configuration entries
+    (:data:`LIVE_ENTRIES`) that resume takes from the live optimizer. Any other entry that is not plain
+    data (tensors, numbers, strings, lists, dicts) is refused with a CheckpointError: dropping it would
+    silently reset it to a fresh optimizer's value on resume."""
+    out = {}
+    for key, value in state.items():
+        if _is_plain(value):
+            out[key] = value
+        elif key not in LIVE_ENTRIES:
+            raise CheckpointError(
+                f"the optimizer state has an entry '{key}' of type {type(value).__name__} that a pickle-free "
+                "checkpoint cannot hold; resume would silently reset it. Use an optimizer whose state_dict() "
+                "is tensors and plain data (torch.optim.AdamW is), or report this with the optimizer's name"
+            )
+    return out
 
 
 def restore_state(saved: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(live)
+    """The saved optimizer state, with only :data:`LIVE_ENTRIES` taken from the live optimizer; a live
+    entry the checkpoint lacks is refused, never refilled from a fresh optimizer."""
+    missing = sorted(str(k) for k in live if k not in saved and k not in LIVE_ENTRIES)
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint's optimizer state lacks {', '.join(repr(k) for k in missing)}, which this run's "
+            "optimizer has; resuming would restart it from scratch. Resume with the optimizer and DeepSpeed "
+            "settings the checkpoint was written with, or start a new output_dir"
+        )
+    merged = {k: live[k] for k in LIVE_ENTRIES if k in live}
     merged.update(saved)
     return merged
+
+
+# ----------------------------------------------------------------------------- random number generators
+
+
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's torch (CPU and ``device``'s CUDA), numpy and python RNG states as plain data, so
+    a resumed run draws what an uninterrupted one draws (LoRA dropout, any plugin's randomness)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss)],
+        "python": [int(version), list(internal), gauss_next],
+    }
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` saved (a CheckpointError if it is malformed)."""
+    import random
+
+    import numpy as np
+
+    try:
+        torch.set_rng_state(state["torch"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        if "cuda" in state and device is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], device)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"the checkpoint's random number generator state is malformed ({exc})") from None
 
 
 def save_tensor_file(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -406,6 +406,7 @@ class Trainer:
         opt_state = {
             "optimizer": ckpt.plain_state(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "rng": ckpt.rng_state(d.device),
         }
         ckpt.save_torch_plain(opt_state, tmp / "optimizer" / f"rank_{d.rank:05d}.pt")
         if d.is_main:
@@ -461,7 +462,10 @@ class Trainer:
         if not isinstance(opt, dict) or "optimizer" not in opt:
             raise CheckpointError(f"{folder}: optimizer state is malformed")
         live = self.optimizer.state_dict()
-        merged = ckpt.restore_state(opt["optimizer"], live)
+        try:
+            merged = ckpt.restore_state(opt["optimizer"], live)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{folder}: {exc}") from None
         if self.zero_stage in (1, 2, 3):
             # DeepSpeed's ZeRO optimizers take every rank's state as a list indexed by data-parallel
             # rank and read their own entry (written by this rank: the world size is checked above).
@@ -478,6 +482,11 @@ class Trainer:
             self.optimizer.load_state_dict(merged)
         if self.scheduler is not None and opt.get("scheduler"):
             self.scheduler.load_state_dict(opt["scheduler"])
+        if "rng" in opt:
+            ckpt.set_rng_state(opt["rng"], self.dist.device)
+        elif self.dist.is_main:
+            log.warning("%s: written before checkpoints kept the random number generators' state; the "
+                        "resumed run draws different dropout/noise than an uninterrupted one would", folder)
         self.step = int(state["step"])
         self._saved_step = self.step
         if self.dist.is_main:

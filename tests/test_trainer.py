@@ -108,6 +108,71 @@ def test_resume_equals_uninterrupted_run(tmp_path, stage):
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
+def test_resume_is_exact_with_lora_dropout(tmp_path):
+    """2 steps + resume 1 == 3 steps bit for bit with student.lora.dropout: 0.1 -- the dropout masks
+    come from torch's RNG, whose state (with numpy's and python's) each rank saves in its checkpoint."""
+    lora = {"steps": 2, "lora": {"rank": 4, "alpha": 4, "dropout": 0.1}}
+    train_cfg = {"steps": 3, "checkpoint_every": 0}
+    full = write_config(tmp_path, "full.yaml", output_dir=str(tmp_path / "full"), student=lora, train=train_cfg)
+    half = write_config(tmp_path, "half.yaml", output_dir=str(tmp_path / "half"), student=lora, train=train_cfg)
+    run(full)
+    run(half, "train.steps=2")
+    opt = ckpt.load_torch_plain(tmp_path / "half/checkpoints" / ckpt.step_name(2) / "optimizer" / "rank_00000.pt")
+    assert {"torch", "numpy", "python"} <= set(opt["rng"])
+    run(half)
+    assert losses(tmp_path / "half") == losses(tmp_path / "full")
+    a, b = final_student(tmp_path / "full", 3), final_student(tmp_path / "half", 3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # without the saved RNG state the resumed step draws other dropout masks: the test can tell
+    run(half, "train.steps=2", f"output_dir={tmp_path / 'norng'}")
+    opt_file = tmp_path / "norng/checkpoints" / ckpt.step_name(2) / "optimizer" / "rank_00000.pt"
+    saved = ckpt.load_torch_plain(opt_file)
+    del saved["rng"]
+    ckpt.save_torch_plain(saved, opt_file)
+    run(half, f"output_dir={tmp_path / 'norng'}")
+    assert losses(tmp_path / "norng")[:2] == losses(tmp_path / "full")[:2]
+    assert losses(tmp_path / "norng")[2] != losses(tmp_path / "full")[2]
+
+
+def test_rng_state_round_trips_through_a_plain_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    ckpt.save_torch_plain({"rng": ckpt.rng_state(torch.device("cpu"))}, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(4), np.random.seed(4), random.seed(4)
+    ckpt.set_rng_state(ckpt.load_torch_plain(tmp_path / "rng.pt")["rng"], torch.device("cpu"))
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def test_optimizer_state_that_is_not_plain_data_is_refused():
+    """An unrecognised optimizer entry is never dropped (resume would refill it from a fresh
+    optimizer): saving refuses it by name. DeepSpeed's own configuration entries are rebuilt live."""
+    class Scaler:  # e.g. a custom optimizer's loss scaler object
+        pass
+
+    state = {"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    assert ckpt.plain_state({**state, "loss_scaler": Scaler()}) == state  # DeepSpeed's, rebuilt on resume
+    with pytest.raises(CheckpointError, match="'my_scaler' of type Scaler.*silently reset"):
+        ckpt.plain_state({**state, "my_scaler": Scaler()})
+
+
+def test_resume_refuses_an_optimizer_entry_missing_from_the_checkpoint(tmp_path, monkeypatch):
+    cfg = write_config(tmp_path, train={"steps": 2, "checkpoint_every": 0})
+    run(cfg, "train.steps=1")
+    real = torch.optim.AdamW.state_dict
+
+    def with_extra(self):
+        return {**real(self), "ema_of_grad_norm": torch.tensor(1.0)}  # state the checkpoint never saw
+
+    monkeypatch.setattr(torch.optim.AdamW, "state_dict", with_extra)
+    with pytest.raises(CheckpointError, match="lacks 'ema_of_grad_norm'.*from scratch"):
+        run(cfg)
+
+
 def test_kill_during_save_leaves_previous_checkpoint_usable(tmp_path, monkeypatch):
     cfg = write_config(tmp_path, train={"steps": 6, "checkpoint_every": 2})
     real = ckpt.save_tensor_file
