@@ -210,6 +210,9 @@ class EvalConfig(_Strict):
     every: int = Field(default=0, ge=0)
     #: write the report (table, grids, plots, report.json) in the run folder when training ends
     at_end: bool = True
+    #: what the evaluation computes in: ``train`` (default) as the training step did (``train.precision``:
+    #: bf16 autocast for a bf16 run), ``fp32`` without autocast; the report says which
+    precision: Literal["train", "fp32"] = "train"
     #: the verdict's margins and bootstrap (rats_core/stats.py): judge, fid, resamples, seed
     verdict: Margins = Field(default_factory=Margins)
 

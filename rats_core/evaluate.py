@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import precision
 from .commands import arg, command
 from .interfaces import SCORES_VIDEO_ATTRIBUTE, metric_marks
 from .prompts import load_prompts
@@ -294,11 +295,12 @@ def training_eval(trainer: "Trainer") -> dict[str, float]:
         cache = getattr(trainer, "_frozen_teacher_eval", None)
         if cache is None:
             variants.append(Variant("teacher", trainer.teacher.module, cfg.teacher.steps, cfg.teacher.guidance_scale))
-        results, _, _ = evaluate_variants(
-            trainer.backbone, trainer.rewards, variants, prompts,
-            images_per_prompt=cfg.eval.images_per_prompt, seed=cfg.eval.seed,
-            batch_size=cfg.eval.batch_size, device=trainer.dist.device,
-        )
+        with precision.autocast(trainer.dist.device, precision.eval_precision(cfg)):
+            results, _, _ = evaluate_variants(
+                trainer.backbone, trainer.rewards, variants, prompts,
+                images_per_prompt=cfg.eval.images_per_prompt, seed=cfg.eval.seed,
+                batch_size=cfg.eval.batch_size, device=trainer.dist.device,
+            )
     finally:
         trainer.student.train(was_training)
     if cache is None:
@@ -333,8 +335,10 @@ def end_of_run_report(trainer: "Trainer") -> dict[str, Any] | None:
         batch_size=cfg.eval.batch_size, device=trainer.dist.device, progress=trainer.dist.is_main,
         per_image=per_image, judged=judged,
     )
+    # the training step's precision by default (eval.precision): a bf16-trained student judged as it runs
+    in_precision = precision.autocast(trainer.dist.device, precision.eval_precision(cfg))
     if base_state is not None:
-        with swapped_weights(trainer, base_state):
+        with swapped_weights(trainer, base_state), in_precision:
             base_variants = [Variant("base", trainer.student, k, cfg.student.guidance_scale)]
             # the base model at every other evaluated student step count too (base_1, base_4, ...)
             base_variants += [Variant(f"base_{s}", trainer.student, s, cfg.student.guidance_scale)
@@ -346,7 +350,8 @@ def end_of_run_report(trainer: "Trainer") -> dict[str, Any] | None:
     variants.append(Variant("teacher", trainer.teacher.module, n, cfg.teacher.guidance_scale))
     for s in student_steps:
         variants.append(Variant("student" if s == k else f"student_{s}", trainer.student, s, cfg.student.guidance_scale))
-    r, im, expanded = evaluate_variants(trainer.backbone, trainer.rewards, variants, prompts, **common)
+    with precision.autocast(trainer.dist.device, precision.eval_precision(cfg)):
+        r, im, expanded = evaluate_variants(trainer.backbone, trainer.rewards, variants, prompts, **common)
     results.update(r)
     images.update(im)
     if not trainer.dist.is_main:

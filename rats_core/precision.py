@@ -34,6 +34,13 @@ def compute_dtype(precision: str) -> torch.dtype | None:
     return COMPUTE_DTYPES[precision]
 
 
+def eval_precision(cfg) -> str:
+    """``fp32`` or ``bf16``: what held-out evaluation computes in (``eval.precision``; ``train`` follows
+    ``train.precision``, so the student is judged as it was trained)."""
+    chosen = getattr(getattr(cfg, "eval", None), "precision", "train")
+    return cfg.train.precision if chosen == "train" else chosen
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The context every network call of a training step runs in."""
     dtype = compute_dtype(precision)

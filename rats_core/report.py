@@ -443,6 +443,7 @@ def write_report(
     output_dir = Path(output_dir)
     report_dir = output_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
+    from .precision import eval_precision
     from .verdict import markdown as verdict_markdown, verdict, verdict_line
 
     step, source = overtake_step(history)
@@ -460,6 +461,9 @@ def write_report(
         "teacher_kind": cfg.teacher.kind,
         "gate": cfg.gate.name,
         "horizons": cfg.horizons.name,
+        # what training and this evaluation computed in (eval.precision: train | fp32)
+        "train_precision": cfg.train.precision,
+        "eval_precision": eval_precision(cfg),
         "prompts": len(set(prompts)),
         "images": len(prompts),
         # per image, in the order of `prompts`: what makes the verdict's tests paired
@@ -494,7 +498,8 @@ def write_report(
         "",
         f"Held-out prompts: {len(set(prompts))} ({len(prompts)} images, the same noise for every row). "
         f"Student: {k} steps; teacher ({cfg.teacher.kind}): {n} steps; gate `{cfg.gate.name}`, "
-        f"horizons `{cfg.horizons.name}`, {cfg.train.steps} training steps. `reward` is the configured "
+        f"horizons `{cfg.horizons.name}`, {cfg.train.steps} training steps in {cfg.train.precision}; "
+        f"evaluated in {report['eval_precision']} (`eval.precision`). `reward` is the configured "
         "combination of " + ", ".join(f"{r.name}×{r.weight:g}" for r in cfg.rewards) + " (mean ± 95% interval).",
         "",
         markdown_table(results),

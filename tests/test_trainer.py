@@ -370,3 +370,28 @@ def test_two_processes_zero2_match_one_process(tmp_path):
     a, b = final_student(tmp_path / "one", 6), final_student(tmp_path / "two", 6)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("chosen,expected", [("train", "bf16"), ("fp32", "fp32")])
+def test_end_of_run_evaluation_runs_in_the_training_precision(tmp_path, monkeypatch, chosen, expected):
+    """A bf16 run is evaluated under bf16 autocast by default (eval.precision: train), in float32
+    without autocast with eval.precision: fp32; report.json and report.md say which."""
+    from rats_core import evaluate
+
+    seen = []
+    real = evaluate.score
+    monkeypatch.setattr(evaluate, "score", lambda *a, **k: seen.append(
+        torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None) or real(*a, **k))
+    cfg = write_config(tmp_path, train={"steps": 2, "precision": "bf16", "checkpoint_every": 0, "export": False},
+                       eval={"at_end": True, "precision": chosen, "prompts": ["a cat", "a cow"], "batch_size": 2})
+    run(cfg)
+    assert seen and set(seen) == {torch.bfloat16 if expected == "bf16" else None}
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    assert report["train_precision"] == "bf16" and report["eval_precision"] == expected
+    assert f"training steps in bf16; evaluated in {expected} (`eval.precision`)" in (
+        tmp_path / "run/report.md").read_text()
+
+
+def test_eval_precision_is_a_strict_choice(tmp_path):
+    with pytest.raises(ConfigError, match="eval.precision"):
+        load_config(write_config(tmp_path, eval={"precision": "bf32"}))
