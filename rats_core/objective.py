@@ -244,6 +244,10 @@ class RatsObjective:
             "reward_student": r_s.detach().mean(),
             "reward_teacher": t.reward.detach().mean(),
             "gate_mean": g.mean(),
+            # the gate's spread: a temperature far above the reward gaps keeps every g near 0.5
+            "gate_low": (g < 0.1).float().mean(),
+            "gate_high": (g > 0.9).float().mean(),
+            "reward_gap": (t.reward.detach() - r_s.detach()).abs().mean(),
             "shape_loss": l_shape.detach().mean(),
             "student_wins": (r_s.detach() > t.reward).float().mean(),
         }

@@ -28,6 +28,7 @@ from .config import RatsConfig
 from .distributed import DistInfo, all_reduce_mean, any_rank, barrier, setup
 from .engine import deepspeed_config, lr_lambda, partition_teacher, quiet_deepspeed_logs, zero3_load_options
 from .errors import CheckpointError, ConfigError, PluginError, RatsError, TrainingError
+from .gate_check import GateCheck
 from .objective import ObjectiveSettings, RatsObjective
 from .prompts import PromptSampler, load_prompts
 from .run_folder import RunFolder, RunLock  # noqa: F401  (RunLock re-exported)
@@ -149,6 +150,7 @@ class Trainer:
             horizons_name=cfg.horizons.name,
         )
         self.timer = PhaseTimer(cfg.train.profile, d.device)
+        self.gate_check = GateCheck(cfg, d.is_main)
         self.objective.timer = self.timer
         if not self.objective.schedules.exact:
             log.warning("teacher σ's do not contain every student σ (teacher.alignment=nearest)")
@@ -272,6 +274,7 @@ class Trainer:
         cfg = self.cfg
         if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
             self.history.append({"step": self.step, **values})
+        self.gate_check(self.step, values)
         error: BaseException | None = None
         try:
             self.callbacks.fire("step_end", self.state, values)

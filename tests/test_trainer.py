@@ -395,3 +395,35 @@ def test_end_of_run_evaluation_runs_in_the_training_precision(tmp_path, monkeypa
 def test_eval_precision_is_a_strict_choice(tmp_path):
     with pytest.raises(ConfigError, match="eval.precision"):
         load_config(write_config(tmp_path, eval={"precision": "bf32"}))
+
+
+def test_gate_warns_once_when_tau_is_far_above_the_reward_gaps(tmp_path, caplog):
+    """A raw-scale reward whose gaps |R_T - R_S| are ~0.01 under tau = 1: every g is ~0.5 (always
+    half-distil). After warm-up the gate's spread is logged and one warning names the numbers and a tau."""
+    cfg = write_config(tmp_path, rewards=[{"name": "toy-brightness", "weight": 1.0}], gate={"name": "sigmoid", "tau": 1.0},
+                       train={"steps": 8, "warmup_steps": 2, "checkpoint_every": 0, "export": False})
+    with caplog.at_level("WARNING", logger="rats"):
+        run(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    gaps = [r["reward_gap"] for r in rows]
+    assert 0.001 < sum(gaps) / len(gaps) < 0.05, gaps  # raw gaps of about 0.01
+    assert all(r["gate_low"] == 0 and r["gate_high"] == 0 and abs(r["gate_mean"] - 0.5) < 0.02 for r in rows)
+    warnings = [m for m in caplog.messages if m.startswith("gate:")]
+    assert len(warnings) == 1, caplog.messages
+    assert "over steps 3-7" in warnings[0] and "gate.tau=1" in warnings[0]
+    assert "normalize: fixed" in warnings[0] and "Set gate.tau=0.00" in warnings[0]
+
+
+def test_gate_check_stays_quiet_when_the_gate_moves(tmp_path, caplog):
+    from rats_core.gate_check import GateCheck, suggested_tau
+
+    cfg = load_config(write_config(tmp_path))  # tau 0.05 with gaps of about 0.1: the gate saturates
+    check = GateCheck(cfg)
+    moving = {"gate_mean": 0.6, "gate_low": 0.25, "gate_high": 0.5, "reward_gap": 0.1}
+    assert all(check(step, moving) is None for step in range(1, 10)) and check.done
+    stuck = GateCheck(cfg)
+    flat = {"gate_mean": 0.5, "gate_low": 0.0, "gate_high": 0.0, "reward_gap": 0.001}
+    assert [stuck(step, flat) is None for step in range(1, 6)] == [True] * 4 + [False]
+    assert stuck(6, flat) is None  # once
+    assert suggested_tau(0.011) == 0.005 and suggested_tau(2.0) == 0.9
+    assert GateCheck(load_config(write_config(tmp_path, "h.yaml", gate={"name": "hard"}))).done
