@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    SCENES_VAL, SCENES_WEIGHTS as WEIGHTS, emit, machine, progress, scenes_base_samples, scenes_pipeline,
+    SCENES_VAL, emit, machine, progress, scenes_base_samples, scenes_pipeline,
 )
 
 KEEP = ("judge_accuracy", "judge_count", "judge_colour", "judge_shape", "judge_relation", "judge_malformed_rate", "fid")
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from rats_core.evaluate import generate
     from rats_plugins.scenes.metrics import SceneFID, SceneJudge
 
-    judge, fid = SceneJudge(), SceneFID(WEIGHTS / "judge")
+    judge, fid = SceneJudge(), SceneFID()
     results = {}
     for k in (int(s) for s in args.steps.split(",")):
         for g in (float(s) for s in args.guidance.split(",")):

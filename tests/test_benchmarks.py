@@ -277,3 +277,26 @@ def test_gpu_check_writes_imagereward_in_the_official_layout():
     arch = load_arch("imagereward")["parts"]
     for role in ("vision", "text", "mlp"):
         assert set(parts[role]) == set(build_part(arch[role]).state_dict()), role
+
+
+def test_scenes_fid_check_orders_sets_by_both_feature_sets(tmp_path):
+    """benchmarks/scenes_fid_check.py at its smallest: two step counts on four held-out prompts."""
+    from rats_plugins.scenes import world
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(world.split_prompts("heldout")[:4]))
+    out = bench("scenes_fid_check.py", "--steps", "1,2", "--prompts", str(prompts))
+    assert set(out["base"]["sets"]) == {"base@1", "base@2"}
+    for row in out["base"]["sets"].values():
+        assert 0 <= row["judge_accuracy"] <= 1 and row["fid_statistics"] >= 0 and row["fid_cnn"] >= 0
+    assert set(out["base"]["kendall_tau_minus_fid_vs_accuracy"]) == {"statistics", "cnn"}
+
+
+def test_kendall_tau_by_hand():
+    sys.path.insert(0, str(BENCH))
+    from scenes_fid_check import kendall
+
+    assert kendall([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall([1, 2, 3, 4], [40, 30, 20, 10]) == -1.0
+    # pairs: (1,2)+ (1,3)+ (2,3)- -> (2 - 1) / 3
+    assert kendall([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)

@@ -1,16 +1,21 @@
-"""Evaluation metrics of the scenes world, from the attribute judge (never used in training).
+"""Evaluation metrics of the scenes world (never used in training).
 
 ``scene-judge`` -> ``judge_accuracy`` (the whole prompt right: every count, colour, shape and the
 relation) and the per-category accuracies ``judge_count``, ``judge_colour``, ``judge_shape``,
-``judge_relation`` (relation prompts only); see :mod:`rats_plugins.scenes.judge`. Also
-``judge_malformed_rate``, a diagnostic outside the verdict: the share of images in which the judge sees
-at least one malformed object (ragged, star-shaped, smeared or squashed -- its near-miss class).
+``judge_relation`` (relation prompts only). By default the rule-based reader (:mod:`.reader`) reads
+each image the way the annotators of ``shared/human-labels`` did (``benchmarks/judge_agreement.py``
+measures the agreement); ``reader: cnn`` keeps the learnt judge (:mod:`.judge`), which reads
+generated images at chance. Also ``judge_malformed_rate``, a diagnostic outside the verdict: the share
+of images with at least one object no shape fits (merged, hooked, lobed) or that is neither circle nor
+square.
 
-``scene-fid`` -> ``fid``: the Fréchet distance between Gaussians fitted to the judge's 64-d features
-of the images and of real renders of the *same prompts* (a fixed render seed). With a few hundred
-images it is biased upwards and has a floor well above 0 (two independent sets of real renders of the
-held-out prompts, 242 images each, are about 1-3 apart); compare it only between variants with
-the same prompts and number of images.
+``scene-fid`` -> ``fid``: the Fréchet distance between Gaussians fitted to features of the images and
+of real renders of the *same prompts* (a fixed render seed). Its default features are the reader's
+scene statistics (:func:`.reader.statistics`, in the fixed units of ``STATISTICS_SCALE``: how well the
+objects are drawn -- misfit, blur, colour strength and hue, circle/square clarity, size, count,
+background); ``features: cnn`` the learnt judge's 64 pooled features. Two independent sets of renders
+of the held-out prompts are ~0.04 apart on the statistics; compare it only between variants with the
+same prompts and number of images.
 """
 
 from __future__ import annotations
@@ -29,9 +34,17 @@ from ..fid import feature_stats as _stats
 from ..fid import frechet_distance
 from . import world
 from .judge import grade_reading, load_judge, read, summarise, to_judge_input
+from .reader import STATISTICS, statistics
 from .reader import grade as reader_grade
 
 READERS = ("rules", "cnn")
+FID_FEATURES = ("statistics", "cnn")
+#: each scene statistic (reader.STATISTICS) divided by a fixed unit, set by hand once so that one unit
+#: is a plainly visible difference (one object; a quarter of an object's size; half a pixel of blur;
+#: a quarter of a colour's strength; ~6 degrees of hue; a background 0.05 lighter), not fitted to any
+#: labels; the distance of two independent sets of renders of the held-out prompts is ~0.04 on these
+STATISTICS_SCALE = np.array([1.0, 0.25, 0.5, 0.25, 0.5, 0.25, 0.1, 0.1, 0.05, 0.02])
+assert len(STATISTICS_SCALE) == len(STATISTICS)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 #: the render seed of the real reference images of scene-fid
@@ -115,16 +128,29 @@ class SceneJudge:
 
 
 class SceneFID:
+    """Fréchet distance between generated images and real renders of the same prompts, on the reader's
+    scene statistics (``features="statistics"``, default) or the learnt judge's 64 pooled features
+    (``features="cnn"``, the pre-2026-12 default; ``path`` its folder)."""
+
     example_prompts = SceneJudge.example_prompts
 
-    def __init__(self, path: str | Path | None = None, reference_seed: int = REFERENCE_SEED):
-        self.model = load_frozen_judge(path, "scene-fid metric")
+    def __init__(self, path: str | Path | None = None, reference_seed: int = REFERENCE_SEED,
+                 features: str = "statistics"):
+        if features not in FID_FEATURES:
+            raise ConfigError(f"scene-fid: features must be one of {', '.join(FID_FEATURES)}, got '{features}'")
+        if features == "statistics" and path is not None:
+            raise ConfigError("scene-fid: `path` names a learnt judge's folder; it needs features: cnn")
+        self.kind = features
+        self.model = load_frozen_judge(path, "scene-fid metric") if features == "cnn" else None
         self.reference_seed = reference_seed
         self._cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     @torch.no_grad()
     def features(self, images: Tensor) -> Tensor:
         x = to_judge_input(images)
+        if self.model is None:
+            stats = np.stack([statistics(im) for im in x.numpy()]) / STATISTICS_SCALE
+            return torch.from_numpy(stats)
         return torch.cat([self.model.features(x[i : i + 256]) for i in range(0, len(x), 256)])
 
     def reference(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +177,10 @@ def scene_judge(reader: Literal["rules", "cnn"] = "rules", path: str | None = No
     return SceneJudge(reader, path)
 
 
-def scene_fid(path: str | None = None) -> SceneFID:
-    """Frechet distance of judge features: generated vs real renders of the same prompts (fid, lower is better)."""
-    return SceneFID(path)
+def scene_fid(features: Literal["statistics", "cnn"] = "statistics", path: str | None = None) -> SceneFID:
+    """Frechet distance, generated vs real renders of the same prompts (fid, lower is better).
+
+    features: ``statistics`` -- what the rule-based reader measures of how well a scene is drawn (object
+    count and size, shape misfit, malformed share, edge blur, colour strength and hue error, circle/square
+    clarity, background); ``cnn`` -- the learnt judge's pooled features (``path``: its folder)."""
+    return SceneFID(path, features=features)

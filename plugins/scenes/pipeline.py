@@ -514,7 +514,7 @@ def evaluate_pipeline(out: Path, seed: int, steps=(1, 2, 4, 50), guidance: float
     backbone = sd15(str(out / "pipeline"), device="cpu")
     prompts = [p for p in world.split_prompts("heldout") for _ in range(per_prompt)]
     noise = fixed_noise(backbone, len(prompts), 1234)
-    judge, fid = SceneJudge(out / "judge"), SceneFID(out / "judge")
+    judge, fid = SceneJudge(), SceneFID()  # the validated rule-based reader and its scene statistics
     res = {}
     t0 = time.time()
     for k in steps:

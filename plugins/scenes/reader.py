@@ -94,6 +94,8 @@ class Found:
     fit: dict  # shape -> best mean squared coverage error
     copies: int = 1  # merged objects this region holds (> 1 only for a malformed region)
     corners: float = 0.0  # :func:`squareness` of its outline
+    strength: float = 1.0  # its core's chroma strength / its palette colour's
+    hue_error: float = 0.0  # |its core's hue - its palette colour's hue|, radians
 
 
 def background(img: np.ndarray) -> np.ndarray:
@@ -141,7 +143,7 @@ def _round_family(px, py, mass: float) -> tuple[np.ndarray, list[float]]:
                 x, y = c * px + s * py, -s * px + c * py
                 masks.append((np.abs(x / a) ** p + np.abs(y / b) ** p) <= 1)
                 ps.append(p)
-    return _pool(np.array(masks, dtype=np.float64)), ps
+    return _pool(np.array(masks, dtype=np.float32)), ps
 
 
 def _triangle_family(px, py, mass: float) -> np.ndarray:
@@ -160,7 +162,7 @@ def _triangle_family(px, py, mass: float) -> np.ndarray:
                 (x1, y1), (x2, y2) = verts[i], verts[(i + 1) % 3]
                 inside &= (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1) >= 0
             masks.append(inside)
-    return _pool(np.array(masks, dtype=np.float64))
+    return _pool(np.array(masks, dtype=np.float32))
 
 
 def _fit(cover: np.ndarray, cx: float, cy: float, mass: float) -> dict[str, float]:
@@ -169,12 +171,13 @@ def _fit(cover: np.ndarray, cx: float, cy: float, mass: float) -> dict[str, floa
     px, py = _grid(cx - np.floor(cx), cy - np.floor(cy))
     rounds, ps = _round_family(px, py, mass)
     tris = _triangle_family(px, py, mass)
-    err_r = np.min([((cover - t) ** 2).sum(axis=(1, 2)) for t in _blurred(rounds)], axis=0) / mass
-    err_t = min(float(((cover - t) ** 2).sum(axis=(1, 2)).min()) for t in _blurred(tris)) / mass
-    ps = np.array(ps)
-    out = {"circle": float(err_r[ps == 2].min()), "square": float(err_r[ps >= 4].min()),
-           "triangle": err_t, "round": float(err_r.min())}
-    return out
+    e_r = np.array([((cover - t) ** 2).sum(axis=(1, 2)) for t in _blurred(rounds)]) / mass  # [blur, template]
+    e_t = np.array([((cover - t) ** 2).sum(axis=(1, 2)) for t in _blurred(tris)]) / mass
+    err_r, ps = e_r.min(0), np.array(ps)
+    best = e_r if e_r.min() <= e_t.min() else e_t
+    return {"circle": float(err_r[ps == 2].min()), "square": float(err_r[ps >= 4].min()),
+            "triangle": float(e_t.min()), "round": float(err_r.min()),
+            "blur": float(BLURS[np.unravel_index(best.argmin(), best.shape)[0]])}
 
 
 def _window(a: np.ndarray, cx: float, cy: float) -> np.ndarray:
@@ -267,7 +270,8 @@ def find_objects(img: np.ndarray) -> list[Found]:
         core_strength = np.sort(strength[region])[-max(1, int(region.sum()) // 4):]
         core = region & (strength >= core_strength.min())
         u = diff[core].mean(0)
-        if np.linalg.norm(_chroma(u)) < MIN_STRENGTH * PALETTE_STRENGTH[k]:
+        cu = _chroma(u)
+        if np.linalg.norm(cu) < MIN_STRENGTH * PALETTE_STRENGTH[k]:
             continue
         # soft coverage: the region and its 1-pixel rim (edge pixels below the threshold), not other regions
         area = ndimage.binary_dilation(region, structure=np.ones((3, 3))) & ~(taken & ~region)
@@ -279,7 +283,9 @@ def find_objects(img: np.ndarray) -> list[Found]:
         fit = _fit(_window(cover, cx, cy), cx, cy, mass)
         corners = squareness(cover, cx, cy)
         shape = _shape_of(fit, corners)
-        found.append(Found(list(COLOURS)[k], shape, cx, cy, mass, fit, 1, corners))
+        hue_error = abs(float(np.angle(np.exp(1j * (np.arctan2(cu[1], cu[0]) - PALETTE_HUE[k])))))
+        found.append(Found(list(COLOURS)[k], shape, cx, cy, mass, fit, 1, corners,
+                           float(np.linalg.norm(cu) / PALETTE_STRENGTH[k]), hue_error))
     # merged objects: a region no shape fits holds as many objects as its mass holds typical ones (the
     # median of this image's well-formed objects, else the world's mean object) -- "two merged triangles"
     whole = [o.mass for o in found if min(o.fit["round"], o.fit["triangle"]) <= MISFIT]
@@ -383,3 +389,35 @@ def grade(images, prompts) -> tuple[list[dict[str, bool | None]], np.ndarray]:
         grades.append(grade_objects(world.parse(p), objs))
         counts.append(reading(objs)[0])
     return grades, np.stack(counts) if counts else np.zeros((0, len(COLOURS), len(JUDGE_SHAPES)), np.int64)
+
+
+#: names of :func:`statistics`' entries
+STATISTICS = ("objects", "mass", "misfit", "malformed", "blur", "strength", "hue_error", "corners_spread",
+              "background", "background_chroma")
+
+
+def statistics(img: np.ndarray) -> np.ndarray:
+    """What makes a scene look drawn well or badly, as numbers ``[len(STATISTICS)]`` (scene-fid's features):
+    the number of objects, their mean size (in the world's mean objects), how badly the best shape fits
+    (x10) and the share that none fits, the edge blur of the best fit (pixels), the colours' strength
+    against the palette's and their hue error (radians), how far circles and squares sit from the
+    nearest clean shape's squareness (x10; a shape between the two is neither), and the background's
+    grey level and chroma."""
+    img = np.asarray(img, dtype=np.float64)
+    objs = find_objects(img)
+    bg = background(img)
+    out = np.zeros(len(STATISTICS))
+    out[0] = sum(o.copies for o in objs)
+    if objs:
+        misfit = np.array([min(o.fit["round"], o.fit["triangle"]) for o in objs])
+        out[1] = np.mean([o.mass for o in objs]) / TYPICAL_MASS
+        out[2] = misfit.mean() * 10
+        out[3] = float((misfit > MISFIT).mean())
+        out[4] = np.mean([o.fit["blur"] for o in objs])
+        out[5] = np.mean([o.strength for o in objs])
+        out[6] = np.mean([o.hue_error for o in objs])
+        rs = [min(o.corners, abs(o.corners - 0.06)) for o in objs if o.shape in ("circle", "square")]
+        out[7] = float(np.mean(rs)) * 10 if rs else 0.0
+    out[8] = float(bg.mean())
+    out[9] = float(np.linalg.norm(_chroma(bg - bg.mean())))
+    return out

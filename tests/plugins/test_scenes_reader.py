@@ -239,3 +239,40 @@ def test_kappa_closed_form():
     pe = pa * pb + (1 - pa) * (1 - pb)
     assert kappa(a, b) == pytest.approx((po - pe) / (1 - pe))
     assert kappa(a, a) == 1.0 and kappa(np.ones(4, bool), np.ones(4, bool)) == 1.0
+
+
+# ----------------------------------------------------------------------------- scene-fid on the reader's statistics
+
+
+def test_scene_fid_statistics_separate_generator_like_images_from_renders():
+    """Two render sets are close; the same scenes blurred like a generator's are far, and farther the
+    more they are blurred -- on the default features (the reader's statistics)."""
+    from rats_plugins.scenes.metrics import SceneFID
+
+    prompts = world.split_prompts("heldout")[:60]
+    fid = SceneFID()
+    renders = torch.from_numpy(world.render_batch(prompts, 1))
+    rng = np.random.default_rng(1)
+
+    def blurred(sigma):
+        return torch.from_numpy(np.stack([world.draw(world.layout(world.parse(p), rng), world.background(rng), rng,
+                                                     blur=sigma) for p in prompts]))
+
+    same = fid(renders, prompts)["fid"]
+    soft, softer = fid(blurred(0.6), prompts)["fid"], fid(blurred(1.0), prompts)["fid"]
+    assert same < 0.5 < soft < softer, (same, soft, softer)
+
+
+def test_scene_fid_options_are_checked(tmp_path):
+    from rats_core.errors import ConfigError
+    from rats_plugins.scenes.judge import JudgeNet, save_judge
+    from rats_plugins.scenes.metrics import SceneFID
+
+    save_judge(JudgeNet(), tmp_path / "j")
+    prompts = world.split_prompts("heldout")[:4]
+    imgs = torch.from_numpy(world.render_batch(prompts, 2))
+    assert SceneFID(str(tmp_path / "j"), features="cnn")(imgs, prompts)["fid"] >= 0
+    with pytest.raises(ConfigError, match="features: cnn"):
+        SceneFID(str(tmp_path / "j"))
+    with pytest.raises(ConfigError, match="features must be one of"):
+        SceneFID(features="pixels")
