@@ -1,6 +1,9 @@
 """Import-time guards for the installed stack.
 
-Kept in one place that runs before anything imports transformers, diffusers, peft or open_clip.
+Kept in one place that runs before anything imports transformers, diffusers, peft or open_clip. They run
+lazily (:func:`install_import_guards`): ``import rats_core`` must not import torch (about 2 s), so that
+``rats --help``, ``rats plugins`` and config errors answer at once; each guard runs just before the
+import it protects.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import glob
 import importlib.util
 import os
 import sys
+import threading
 
 # Held for the life of the process: dropping the Library object would unregister the schemas.
 _TORCHVISION_FRAGMENT = None
@@ -59,3 +63,49 @@ def quiet_deepspeed_env() -> None:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
     except ImportError:  # pragma: no cover
         pass
+
+
+class _GuardFinder:
+    """A ``sys.meta_path`` entry that finds nothing: it runs a guard the first time ``torchvision`` or
+    ``deepspeed`` is looked up (by ``import`` or ``importlib.util.find_spec``), then lets the ordinary
+    finders import it."""
+
+    GUARDS = {"torchvision": patch_cpu_torchvision, "deepspeed": quiet_deepspeed_env}
+
+    def __init__(self) -> None:
+        self.pending = dict(self.GUARDS)
+        self.lock = threading.RLock()
+        self.running = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.pending:
+            return None
+        with self.lock:
+            guard = self.pending.pop(fullname, None)
+            if guard is None or self.running:  # the guard's own find_spec("torchvision")
+                return None
+            self.running = True
+            try:
+                guard()
+            finally:
+                self.running = False
+                if not self.pending and self in sys.meta_path:
+                    sys.meta_path.remove(self)
+        return None
+
+
+def install_import_guards() -> None:
+    """Run :func:`patch_cpu_torchvision` before torchvision is first imported and
+    :func:`quiet_deepspeed_env` before deepspeed is, without importing torch now. A module already
+    imported gets its guard at once (as ``import rats_core`` did before the guards were lazy)."""
+    if any(isinstance(f, _GuardFinder) for f in sys.meta_path):
+        return
+    finder = _GuardFinder()
+    for name in list(finder.pending):
+        if name in sys.modules:
+            finder.pending.pop(name)()
+    if "torch" in sys.modules:  # torch is loaded anyway: nothing to save, guard as before
+        for name in list(finder.pending):
+            finder.pending.pop(name)()
+    if finder.pending:
+        sys.meta_path.insert(0, finder)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import write_json_atomic
-from .commands import arg, command
 from .config import apply_overrides, check_components, read_config_data, read_yaml, validate_config
 from .errors import ConfigError
 
@@ -258,12 +257,6 @@ def markdown(table: dict[str, dict[str, Any]], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-@command("ablate", "train a config under the paper's ablation variants (and seeds) and compare them")
-@arg("config", help="experiment YAML")
-@arg("overrides", nargs="*", help="key=value overrides applied to every variant")
-@arg("--variants", default=None, help="YAML file: variant name -> list of overrides (default: the paper's ablations)")
-@arg("--only", default=None, help="comma-separated variant names to run")
-@arg("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
 def cmd_ablate(args: argparse.Namespace) -> int:
     try:
         seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]

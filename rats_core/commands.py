@@ -16,7 +16,9 @@ from typing import Callable
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 #: the modules besides the CLI's own that define subcommands, imported when the CLI starts
-COMMAND_MODULES = ("rats_core.evaluate", "rats_core.export", "rats_core.ablate", "rats_core.estimate")
+#: (their arguments only: rats_core/subcommands.py imports each implementation when its command runs, so
+#: that ``rats --help`` needs no torch)
+COMMAND_MODULES = ("rats_core.subcommands",)
 
 
 def command(name: str, help: str):

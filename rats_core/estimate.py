@@ -33,7 +33,6 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from .commands import arg, command
 from .config import RatsConfig
 from .errors import ConfigError
 from .interfaces import SCORES_VIDEO_ATTRIBUTE
@@ -966,12 +965,6 @@ def gpu_config(cfg: RatsConfig) -> bool:
     return str(device).startswith("cuda")
 
 
-@command("estimate", "per-rank GPU memory of a training run (ZeRO 0-3), from the architecture; offline")
-@arg("config", help="experiment YAML")
-@arg("overrides", nargs="*", help="key.sub=value overrides (values parsed as YAML)")
-@arg("--ranks", type=int, default=1, help="number of data-parallel ranks (GPUs) the run will use")
-@arg("--json", action="store_true", help="print JSON for machines")
-@arg("--markdown", action="store_true", help="print the will-it-fit table (1, 2, 8 GPUs) as docs/backbones.md has it")
 def cmd_estimate(args) -> int:
     from .config import load_config
 

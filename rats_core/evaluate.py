@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from . import precision
-from .commands import arg, command
 from .interfaces import SCORES_VIDEO_ATTRIBUTE, metric_marks
 from .prompts import load_prompts
 from .rewards import DEFAULT_REWARD_FRAMES, video_frames
@@ -548,20 +547,6 @@ def _load_eval_prompts(args_prompts: str | None, cfg: Any, run_dir: Path | None)
         raise
 
 
-@command("eval", "compare the student at several step counts with the base model and the teacher")
-@arg("target", help="a run folder (the output_dir of rats-run), or an experiment YAML to measure its base model")
-@arg("overrides", nargs="*", help="key.sub=value config overrides, e.g. eval.images_per_prompt=4 eval.seed=7")
-@arg("--prompts", metavar="FILE_OR_SET",
-     help="'default' (built-in list) or a .txt/.jsonl file, one prompt per line; default: the config's eval prompts")
-@arg("--steps", metavar="K,K,...", help="student step counts (NFE), e.g. 1,2,4,8; default: eval.steps, else 1,2,4,8")
-@arg("--teacher-steps", metavar="N",
-     help="steps of the base model's reference row and the teacher; default: eval.teacher_steps, else teacher.steps")
-@arg("-o", "--output", metavar="OUT", help="output folder; default: RUN_DIR/eval, or ./eval-<config name> for a config")
-@arg("--checkpoint", metavar="PATH_OR_STEP", help="a checkpoint folder or step number; default: the latest")
-@arg("--grid-prompts", metavar="N", default="8", help="prompts (columns) in grid.png (default 8)")
-@arg("--save-images", action="store_true", help="also write every sample as a PNG under OUT/images/")
-@arg("--device", help="cpu, cuda, cuda:N; default: train.device, else cuda when available")
-@arg("--no-progress", action="store_true", help="no progress bar")
 def cmd_eval(args: Any) -> int:
     import sys
 

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .commands import arg, command
 from .errors import UsageError
 
 #: written into every export folder (backbones put their own sampling settings in it; ``rats export``
@@ -70,23 +69,6 @@ def _parse_positive(text: str | None, what: str, default: int | None = None) -> 
     return int(t)
 
 
-@command("sample", "generate images (or videos) with a trained student (or its teacher / base model)")
-@arg("run_dir", help="a run folder (the output_dir of rats-run)")
-@arg("prompt", nargs="?", help="the prompt (or use --prompts FILE for many)")
-@arg("--prompts", metavar="FILE", help="a .txt/.jsonl file, one prompt per line; -o is then a folder")
-@arg("-o", "--output", metavar="OUT", required=True,
-     help="a .png file for one prompt (with --n > 1: OUT-0.png, OUT-1.png, ...), a folder with --prompts; "
-          "videos: .gif (animated) or .png (first, middle and last frame side by side), .gif in a folder")
-@arg("--steps", metavar="K", help="sampler steps; default: the number the student was trained for")
-@arg("--n", metavar="N", default="1", help="images per prompt (default 1)")
-@arg("--seed", metavar="S", default="0", help="noise seed (default 0); the same seed gives the same images")
-@arg("--model", choices=("student", "teacher", "base"), default="student",
-     help="which network to sample (default: the trained student)")
-@arg("--guidance-scale", metavar="G", type=float, help="default: the config's student.guidance_scale")
-@arg("--checkpoint", metavar="PATH_OR_STEP", help="a checkpoint folder or step number; default: the latest")
-@arg("--device", help="cpu, cuda, cuda:N; default: train.device, else cuda when available")
-@arg("--scale", metavar="S", default="1",
-     help="write each image S times larger, nearest-neighbour (e.g. 16 for digits' 16 px images; default 1)")
 def cmd_sample(args: Any) -> int:
     from .evaluate import generate
     from .prompts import load_prompts
@@ -226,16 +208,6 @@ def export_run(
     return out
 
 
-@command("export", "write the trained student as a standalone model (a diffusers pipeline folder, or a LoRA)")
-@arg("run_dir", help="a run folder (the output_dir of rats-run)")
-@arg("-o", "--output", metavar="DIR", required=True, help="folder to create")
-@arg("--lora-only", action="store_true", help="LoRA runs: write only the adapter weights instead of a merged model")
-@arg("--checkpoint", metavar="PATH_OR_STEP", help="a checkpoint folder or step number; default: the latest")
-@arg("--overwrite", action="store_true", help="replace DIR if it exists")
-@arg("--device", default="cpu", help="where to load and merge the weights (default cpu)")
-@arg("--dtype", choices=("fp32", "bf16", "fp16"),
-     help="save every pipeline component in this dtype (default fp32, which loads with a plain from_pretrained; "
-          "a 16-bit export halves the size and loads with torch_dtype=torch.bfloat16 / float16)")
 def cmd_export(args: Any) -> int:
     out = export_run(args.run_dir, args.output, lora_only=args.lora_only, checkpoint=args.checkpoint,
                      overwrite=args.overwrite, device=args.device, dtype=args.dtype)
