@@ -300,3 +300,11 @@ def test_kendall_tau_by_hand():
     assert kendall([1, 2, 3, 4], [40, 30, 20, 10]) == -1.0
     # pairs: (1,2)+ (1,3)+ (2,3)- -> (2 - 1) / 3
     assert kendall([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+
+
+def test_cli_latency_reports_ratios_to_importing_torch():
+    out = bench("cli_latency.py", "--reps", "1", "--cases", "help,config_error")
+    assert out["benchmark"] == "cli_latency" and out["import_torch_s"]["n"] == 1
+    assert set(out["cases"]) == {"help", "config_error"}
+    for case in out["cases"].values():
+        assert case["ratio"] > 0 and case["target"] in (0.5, 1.5) and "meets_target" in case

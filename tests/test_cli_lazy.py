@@ -1,0 +1,56 @@
+"""The command line answers without importing torch (issue 30): ``rats --help``, ``rats COMMAND --help``
+and a config mistake run in a fresh interpreter, which then must not have torch (nor diffusers,
+transformers, open_clip) in ``sys.modules``. ``import rats_core`` still guards torchvision lazily."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "torchvision", "diffusers", "transformers", "open_clip", "deepspeed")
+
+# runs the CLI's entry point in-process, then prints which heavy modules it imported
+WRAPPER = """
+import json, sys
+from rats_core.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as exc:
+    rc = exc.code
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})
+print(json.dumps({{"rc": rc, "heavy": heavy}}), file=sys.stderr)
+""".format(heavy=set(HEAVY))
+
+
+def run_cli(*argv: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    return json.loads(proc.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("eval", "--help"), ("sample", "--help"), ("export", "--help"),
+                                  ("estimate", "--help"), ("ablate", "--help"), ("validate", "--help"),
+                                  ("plugins", "--help")])
+def test_help_imports_no_torch(argv):
+    out = run_cli(*argv)
+    assert out["rc"] == 0 and out["heavy"] == []
+
+
+def test_a_config_mistake_is_reported_without_torch():
+    out = run_cli("validate", "experiments/digits.yaml", "train.step=5")
+    assert out["rc"] == 2 and out["heavy"] == []
+
+
+def test_importing_rats_core_imports_no_torch_and_still_guards_torchvision():
+    code = ("import sys, rats_core; assert 'torch' not in sys.modules; "
+            "from rats_core._compat import _GuardFinder; "
+            "assert any(isinstance(f, _GuardFinder) for f in sys.meta_path) or 'torchvision' in sys.modules; "
+            "import importlib.util; importlib.util.find_spec('torchvision'); "
+            "assert not any(isinstance(f, _GuardFinder) and 'torchvision' in f.pending for f in sys.meta_path)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
