@@ -54,9 +54,11 @@ class Progress:
     def step_end(self, state: RunState, metrics: dict[str, float]) -> None:
         if self.bar is None:
             return
-        self.bar.update(1)
+        # the numbers first: update() may print the line, which must show this step's, not the last one's
         self.bar.set_postfix(loss=f"{metrics['loss']:.4g}", R_S=f"{metrics['reward_student']:.4g}",
-                             R_T=f"{metrics['reward_teacher']:.4g}", gate=f"{metrics['gate_mean']:.2f}")
+                             R_T=f"{metrics['reward_teacher']:.4g}", gate=f"{metrics['gate_mean']:.2f}",
+                             refresh=False)
+        self.bar.update(1)
 
     def fit_end(self, state: RunState, result: Any) -> None:
         self.close()

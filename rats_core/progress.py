@@ -3,7 +3,7 @@
 On a terminal, progress is tqdm's bar. When stderr is not a terminal (a log file, ``nohup``, CI, a job
 scheduler), tqdm would still write every update as one endless line of carriage returns; there
 :class:`PlainProgress` prints one plain line every :data:`PLAIN_EVERY_SECONDS` (and at the end)
-instead::
+instead (and one at the first step)::
 
     rats: step 40/100 (40%), 2.1 s/step, 2m06s left; loss=0.1 R_S=-0.05 R_T=-0.08 gate=0.31
 """
@@ -68,7 +68,9 @@ class PlainProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if now - self._last >= self.interval or (self.total is not None and self.n >= self.total and self.interval == 0):
+        first = self._printed_n is None  # one line at the first step: a log shows at once that the run moves
+        if first or now - self._last >= self.interval or (
+                self.total is not None and self.n >= self.total and self.interval == 0):
             self._print(now)
 
     def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kwargs: Any) -> None:

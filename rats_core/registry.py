@@ -35,8 +35,8 @@ class Component:
 
     @property
     def doc(self) -> str:
-        doc = inspect.getdoc(self.factory) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The docstring's first paragraph on one line, without reST markup (``x`` -> `x`)."""
+        return summary_line(inspect.getdoc(self.factory) or "")
 
     def options_model(self) -> type[pydantic.BaseModel]:
         """A pydantic model of the factory's keyword options (extra options forbidden unless **kwargs)."""
@@ -94,6 +94,19 @@ class Component:
                 f"{SINGULAR[self.kind]} '{self.name}' (plugin {self.plugin}) failed to build: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+
+
+def summary_line(doc: str) -> str:
+    """The first paragraph of a docstring as one line, with reST literals (````x````) and roles
+    (``:class:`x```) shown as plain `x`."""
+    paragraph = []
+    for line in doc.strip().splitlines():
+        if not line.strip():
+            break
+        paragraph.append(line.strip())
+    text = " ".join(paragraph)
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text)
+    return re.sub(r"``([^`]+)``", r"`\1`", text)
 
 
 def _params(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:

@@ -17,21 +17,39 @@ from rats_core.report import metric_axis_label, metric_direction, reward_vs_nfe,
 
 def test_plain_progress_lines_when_not_a_terminal(monkeypatch):
     out = io.StringIO()
-    clock = iter([0.0, 0.0, 10.0, 31.0, 50.0, 62.0, 62.0])
+    clock = iter([0.0, 10.0, 31.0, 50.0, 62.0, 62.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     bar = progress.progress_bar(total=4, desc="rats", unit="step", file=out)
     assert isinstance(bar, progress.PlainProgress)
     for i in range(4):
+        bar.set_postfix(loss=f"{0.5 - i / 10:.2f}")  # as the progress callback does: numbers, then update
         bar.update(1)
-        bar.set_postfix(loss=f"{0.5 - i / 10:.2f}")
     bar.close()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
-    # one line once 30 s have passed (at the 3rd step), one at the end; nothing in between
+    # one line at the first step, one once 30 s have passed since (at the 3rd), one at the end
     assert lines == [
-        "rats: step 3/4 (75%), 10.3 s/step, 10s left; loss=0.40",
+        "rats: step 1/4 (25%), 10 s/step, 30s left; loss=0.50",
+        "rats: step 3/4 (75%), 16.7 s/step, 17s left; loss=0.30",
         "rats: step 4/4 (100%), 15.5 s/step, 1m02s in all; loss=0.20",
     ]
+
+
+def test_the_progress_line_shows_the_steps_own_numbers(monkeypatch):
+    """The line printed at step N carries step N's loss (the one metrics.jsonl has for N), not N-1's."""
+    from types import SimpleNamespace
+
+    from rats_plugins.callbacks import Progress
+
+    out = io.StringIO()
+    cb = Progress()
+    cb.bar = progress.PlainProgress(total=3, desc="rats", unit="step", file=out, interval=0)
+    for step, loss in ((1, 0.3), (2, 0.2), (3, 0.1)):
+        cb.step_end(SimpleNamespace(step=step), {"loss": loss, "reward_student": 0.0, "reward_teacher": 0.0,
+                                                 "gate_mean": 0.5})
+    lines = out.getvalue().splitlines()
+    assert [line.split(": step ")[1].split("/")[0] for line in lines] == ["1", "2", "3"]
+    assert [line.split("loss=")[1].split()[0] for line in lines] == ["0.3", "0.2", "0.1"]
 
 
 def test_plain_progress_resumed_counts_from_the_initial_step(monkeypatch):

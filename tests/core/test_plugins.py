@@ -557,3 +557,11 @@ def test_third_party_package_installed_for_real(thirdparty_venv):
     proc = _run_cli(python, "validate", str(cfg), RATS_LOAD_PLUGINS="")
     assert proc.returncode == 2 and "rewards.1.name: unknown reward 'thirdparty-reward'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_descriptions_are_whole_first_paragraphs_without_rst():
+    from rats_core.registry import summary_line
+
+    doc = "A checkpoint every ``every`` optimizer steps (see\n:class:`~rats_core.trainer.Trainer`).\n\nMore text."
+    assert summary_line(doc) == "A checkpoint every `every` optimizer steps (see `rats_core.trainer.Trainer`)."
+    assert summary_line("") == ""
