@@ -62,15 +62,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     check_components(cfg, source=args.config)
-    print(f"{args.config}: OK (backbone {cfg.backbone.name}, K={cfg.student.steps}, N={cfg.teacher.steps}, "
-          f"gate {cfg.gate.name}, horizons {cfg.horizons.name}, rewards {[r.name for r in cfg.rewards]})")
+    from .weights import print_weights_report, weights_report, weights_verdict
+
+    # the weights are checked before the first line, so that it says the whole truth (config and weights)
+    statuses = None if args.no_weights else weights_report(cfg)
+    print(f"{args.config}: config OK; {weights_verdict(statuses)} (backbone {cfg.backbone.name}, "
+          f"K={cfg.student.steps}, N={cfg.teacher.steps}, gate {cfg.gate.name}, horizons {cfg.horizons.name}, "
+          f"rewards {[r.name for r in cfg.rewards]}, callbacks {[c.name for c in cfg.callbacks]})")
     from .estimate import gpu_config, validate_line
 
-    if gpu_config(cfg):  # a GPU run: say whether it fits before anyone waits for the weights
+    if gpu_config(cfg):  # a GPU run: whether it fits
         print(validate_line(cfg, args.config))
-    from .weights import print_weights_report
-
-    return print_weights_report(cfg, skip=args.no_weights)
+    return print_weights_report(cfg, skip=args.no_weights, statuses=statuses)
 
 
 @command("run", "train: same as rats-run")

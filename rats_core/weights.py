@@ -119,6 +119,14 @@ def complete(exc: WeightsNotFoundError) -> WeightsNotFoundError:
         return exc
 
 
+def offline_reason() -> str:
+    """Why nothing is downloaded, for the loaders' messages: ``the Hub did not answer`` when rats switched
+    offline mode on itself after its probe, ``HF_HUB_OFFLINE is set`` when the user did."""
+    if _probe["reachable"] is False:
+        return "the Hub did not answer"
+    return "HF_HUB_OFFLINE is set"
+
+
 def hub_status_line() -> str:
     if _probe["reachable"] is False:
         return "the Hugging Face Hub did not answer from here (probed once), so nothing can be downloaded"
@@ -234,16 +242,37 @@ def weights_report(cfg: Any) -> list[WeightStatus]:
     return out
 
 
-def print_weights_report(cfg: Any, skip: bool = False, file: Any = None) -> int:
-    """What ``rats validate`` prints after the config check: one line per model. Exit status 2 (a
-    WeightsNotFoundError naming every missing model) when any is missing."""
+def weights_verdict(statuses: list[WeightStatus] | None) -> str:
+    """``weights: 4 of 4 missing`` / ``weights: 3 present`` / ``weights: unchecked (--no-weights)``: the
+    weights' part of ``rats validate``'s first line."""
+    if statuses is None:
+        return "weights: unchecked (--no-weights)"
+    counts = {k: sum(s.status == k for s in statuses) for k in ("missing", "unchecked", "present")}
+    if not statuses:
+        return "weights: none needed"
+    if counts["missing"]:
+        text = f"weights: {counts['missing']} of {len(statuses)} missing"
+    elif counts["unchecked"]:
+        text = f"weights: {counts['unchecked']} of {len(statuses)} could not be checked"
+    else:
+        return f"weights: {len(statuses)} present"
+    if counts["missing"] and counts["unchecked"]:
+        text += f", {counts['unchecked']} could not be checked"
+    return text
+
+
+def print_weights_report(cfg: Any, skip: bool = False, file: Any = None,
+                         statuses: list[WeightStatus] | None = None) -> int:
+    """What ``rats validate`` prints after its first line: one line per model (``statuses``, else
+    :func:`weights_report` of ``cfg``). Exit status 2 (a WeightsNotFoundError naming every missing
+    model) when any is missing."""
     import sys
 
     file = file or sys.stdout
     if skip:
-        print("weights: unchecked (--no-weights)", file=file)
         return 0
-    statuses = weights_report(cfg)
+    if statuses is None:
+        statuses = weights_report(cfg)
     print("weights (each model built once; present: it loaded, or needs no weights):", file=file)
     for s in statuses:
         note = f" ({s.detail.splitlines()[0][:160]})" if s.status == "unchecked" and s.detail else ""

@@ -123,3 +123,33 @@ def test_pixart_without_weights_fails_once_in_seconds_naming_all_four_models(cap
     for needle in ("backbone: pixart:", "PixArt-alpha/PixArt-XL-2-512x512", "rewards.0: HPSv2.1", "rewards.1: PickScore",
                    "rewards.1.path=", "rewards.2: ImageReward", "rewards.2.path="):
         assert needle in err, needle
+
+
+def test_validate_first_line_says_config_ok_and_how_many_weights_are_missing(missing_config, capsys):
+    assert main(["validate", str(missing_config)]) == 2
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"{missing_config}: config OK; weights: 2 of 4 missing (backbone toy")
+    assert "callbacks [" in first
+    assert main(["validate", str(missing_config), "--no-weights"]) == 0
+    assert "config OK; weights: unchecked (--no-weights)" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_missing_weights_say_the_hub_did_not_answer_when_rats_went_offline(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE set by rats after its probe is not the user's setting: say what happened."""
+    import huggingface_hub.constants as hub
+    from rats_plugins.rewards import _weights as reward_weights
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(weights, "_probe_now", lambda timeout=3.0: False)
+    weights.start_hub_probe()
+    assert weights.settle_hub() is False
+    assert weights.offline_reason() == "the Hub did not answer"
+    hint = reward_weights.WeightsHint("Gone", "nobody/nothing", "gone.pt", "path", "/models/gone.pt")
+    with pytest.raises(WeightsNotFoundError, match="the Hub did not answer"):
+        reward_weights._hub_file("nobody/nothing", "gone.pt", hint)
+    weights.reset_probe()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert weights.offline_reason() == "HF_HUB_OFFLINE is set"

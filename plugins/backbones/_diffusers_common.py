@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from rats_core.errors import ConfigError, WeightsNotFoundError
+from rats_core.weights import offline_reason
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +223,8 @@ def _from_hub(model_id: str, backbone: str, parts: Sequence[Part], *, revision: 
         raise cache_error  # the partial cache's own message names the missing part
     if _offline():
         raise WeightsNotFoundError(
-            f"{backbone}: weights for '{model_id}' are not in the local Hugging Face cache and HF_HUB_OFFLINE is "
-            f"set. Download them where there is network (`hf download {model_id}`), or use a local diffusers "
+            f"{backbone}: weights for '{model_id}' are not in the local Hugging Face cache and {offline_reason()}. "
+            f"Download them where there is network (`hf download {model_id}`), or use a local diffusers "
             f"folder: {hint}"
         ) from None
     if not _hub_reachable():

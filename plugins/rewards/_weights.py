@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from rats_core.errors import CheckpointError, WeightsNotFoundError
+from rats_core.weights import offline_reason
 
 T = TypeVar("T")
 
@@ -101,7 +102,7 @@ def _hub_file(repo_id: str, filename: str, hint: WeightsHint) -> Path:
     except Exception:  # not cached (or a bad id): only the download below can still help
         pass
     if hub_offline():
-        raise hint.error(f"{repo_id}/{filename} is not in the Hugging Face cache and the hub is offline")
+        raise hint.error(f"{repo_id}/{filename} is not in the Hugging Face cache and {offline_reason()}")
     try:
         return Path(hf_hub_download(repo_id, filename))
     except Exception as exc:
@@ -128,7 +129,7 @@ def from_pretrained(load: Callable[..., T], path: str, hint: WeightsHint, **kwar
     except OSError:
         pass
     if hub_offline():
-        raise hint.error(f"{path} is not in the Hugging Face cache and the hub is offline")
+        raise hint.error(f"{path} is not in the Hugging Face cache and {offline_reason()}")
     try:
         return load(path, **kwargs)
     except OSError as exc:
