@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -230,6 +231,13 @@ class Report:
     def fit_end(self, state: RunState, result: Any) -> None:
         from rats_core.evaluate import end_of_run_report
 
+        report_md = Path(state.output_dir) / "report.md"
+        if getattr(state.trainer, "already_finished", False) and report_md.is_file():
+            # a rerun of a finished run: the report is there; rebuild it only if it is missing
+            if state.trainer.dist.is_main:
+                print(f"report: {report_md} (kept; delete it to rebuild, or `rats eval {state.output_dir}` "
+                      "for a new evaluation)", file=sys.stderr)
+            return
         result.report = end_of_run_report(state.trainer)
         if result.report is not None:
             state.trainer.callbacks.fire("eval_end", state, {"kind": "final", "step": state.step,

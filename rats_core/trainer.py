@@ -248,6 +248,8 @@ class Trainer:
         d = self.dist
         assert d is not None and self.callbacks is not None
         total = cfg.train.steps
+        #: the run had reached train.steps before this process started (a rerun of a finished run)
+        self.already_finished = self.step >= total
         self.callbacks.fire("fit_start", self.state)
         while self.step < total:
             if any_rank(self.stop.requested, d.device):
@@ -493,7 +495,11 @@ class Trainer:
         self.step = int(state["step"])
         self._saved_step = self.step
         if self.dist.is_main:
-            print(f"resumed from {folder} (step {self.step})", file=sys.stderr)
+            if self.step >= self.cfg.train.steps:
+                print(f"already finished: step {self.step}/{self.cfg.train.steps} in {self.output_dir} "
+                      "(nothing to train; raise train.steps to train on)", file=sys.stderr)
+            else:
+                print(f"resumed from {folder} (step {self.step})", file=sys.stderr)
 
     # -- end of run
 

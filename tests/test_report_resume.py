@@ -98,3 +98,18 @@ def test_report_after_a_crash_and_resume_covers_every_step(tmp_path, monkeypatch
     # report.json is readable like the other files of the run
     assert stat.S_IMODE((run / "report.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((run / "config.yaml").stat().st_mode) == 0o644
+
+
+def test_rerunning_a_finished_run_says_so_and_keeps_the_report(tmp_path, capsys):
+    cfg_path = _config(tmp_path)
+    train(load_config(cfg_path))
+    report_md = tmp_path / "run" / "report.md"
+    before = report_md.stat().st_mtime_ns
+    capsys.readouterr()
+    train(load_config(cfg_path))
+    err = capsys.readouterr().err
+    assert "already finished: step 8/8" in err and "resumed from" not in err
+    assert report_md.stat().st_mtime_ns == before and "kept; delete it to rebuild" in err
+    report_md.unlink()  # a missing report is rebuilt
+    train(load_config(cfg_path))
+    assert report_md.is_file()
