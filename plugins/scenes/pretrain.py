@@ -86,15 +86,17 @@ def cosine_lr(opt, base: float, step: int, total: int, warmup: int = 100) -> Non
 # ----------------------------------------------------------------------------- judge
 
 
-def judge_batch(rng: np.random.Generator, n: int):
-    ex = [world.judge_example(rng) for _ in range(n)]
+def judge_batch(rng: np.random.Generator, n: int, generated_like: float = 0.0):
+    ex = [world.judge_example(rng, generated_like=generated_like) for _ in range(n)]
     x = torch.from_numpy(np.stack([e.image for e in ex]))
     c = torch.from_numpy(np.stack([e.counts for e in ex]))
     d = torch.stack([density_target(e.objects) for e in ex])
     return x, c, d
 
 
-def train_judge(out: Path, seed: int, steps: int, batch: int = 64) -> dict:
+def train_judge(out: Path, seed: int, steps: int, batch: int = 64, generated_like: float = 0.0) -> dict:
+    """The learnt judge; ``generated_like``: the share of its training scenes drawn the way a generator
+    draws them (world.draw_generated_like) -- 0 for the shipped (pre-2026-12) judge."""
     torch.manual_seed(seed * 100 + STREAM["judge"])
     rng = np.random.default_rng([seed, STREAM["judge"]])
     model = JudgeNet()
@@ -103,7 +105,7 @@ def train_judge(out: Path, seed: int, steps: int, batch: int = 64) -> dict:
     t0 = time.time()
     for step in range(1, steps + 1):
         cosine_lr(opt, 2e-3, step, steps, warmup=50)
-        x, c, d = judge_batch(rng, batch)
+        x, c, d = judge_batch(rng, batch, generated_like)
         pred = model(x)
         # the density map itself, and its mass per cell (the count), which must come out right
         loss = 100 * F.mse_loss(pred, d) + F.smooth_l1_loss(pred.sum(dim=(-1, -2)), d.sum(dim=(-1, -2)))
@@ -125,7 +127,7 @@ def train_judge(out: Path, seed: int, steps: int, batch: int = 64) -> dict:
     with torch.no_grad():
         table = counts_and_centres(model(x))[0]
     exact = float((table == c).flatten(1).all(1).float().mean())
-    info = {"seconds": round(time.time() - t0, 1), "steps": steps, "batch": batch,
+    info = {"seconds": round(time.time() - t0, 1), "steps": steps, "batch": batch, "generated_like": generated_like,
             "heldout_real_renders": acc_real, "random_scenes_with_near_misses_exact_table": exact}
     save_judge(model, out / "judge", {"trained": info})
     log(f"judge: {info}")
@@ -141,6 +143,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--judge-steps", type=int, default=700)
+    ap.add_argument("--generated-like", type=float, default=0.0,
+                    help="judge: share of training scenes drawn the way a generator draws them (0: renders only)")
     ap.add_argument("--vae-steps", type=int, default=400)
     ap.add_argument("--clip-steps", type=int, default=1000)
     ap.add_argument("--minutes-unet", type=float, default=40.0)
@@ -167,7 +171,7 @@ def main(argv=None) -> int:
     stages = ["judge", "vae", "diffusion", "clip", "eval"] if args.what == "all" else [args.what]
     for stage in stages:
         if stage == "judge":
-            report["judge"] = train_judge(out, args.seed, args.judge_steps)
+            report["judge"] = train_judge(out, args.seed, args.judge_steps, generated_like=args.generated_like)
         elif stage == "vae":
             from .pipeline import train_vae
             report["vae"] = train_vae(out, args.seed, args.vae_steps)

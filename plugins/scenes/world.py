@@ -396,11 +396,60 @@ def labels_of(objects: Sequence[Placed]) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(counts, MAX_COUNT), centres
 
 
-def judge_example(rng: np.random.Generator, near_miss: float = 0.3) -> Labelled:
+def _smooth_field(shape: tuple[int, int], rng: np.random.Generator, scale: float) -> np.ndarray:
+    """A smooth random field (unit standard deviation) varying over ``scale`` pixels."""
+    f = rng.normal(size=shape)
+    f = _blur(f, scale)
+    return f / (f.std() + 1e-9)
+
+
+def draw_generated_like(objects: Sequence[Placed], rng: np.random.Generator) -> np.ndarray:
+    """The scene drawn the way a small generator draws it (labels unchanged): corners rounded by up to
+    half an object's half-size, outlines wobbling, colours off in hue and strength, a tinted, uneven
+    background, soft edges, sometimes a faint smudge that is not an object. For training a judge that
+    must read generated images (a rounded square is still a square; a smudge is nothing)."""
+    s = SUPERSAMPLE
+    n = RES * s
+    t = (np.arange(n) + 0.5) / s
+    py, px = np.meshgrid(t, t, indexing="ij")
+    bg = background(rng)
+    tint = rng.normal(0, 0.012, 3)
+    slope = rng.uniform(-0.03, 0.03, 2)
+    grad = slope[0] * (np.arange(RES)[None, :] / RES - 0.5) + slope[1] * (np.arange(RES)[:, None] / RES - 0.5)
+    img = np.clip(bg + tint[:, None, None] + grad[None], 0, 1).astype(np.float64)
+    wobble = _smooth_field((n, n), rng, 2.5 * s) * rng.uniform(0.0, 0.12)
+    for o in objects:
+        m = _shape_mask(o, px, py).astype(np.float64)
+        rounding = rng.uniform(0.0, 0.35) * o.r * s  # in supersampled pixels
+        if rounding > 0.5:
+            m = _blur(m, rounding)
+        edge = (m > 0.02) & (m < 0.98) if rounding > 0.5 else _blur(m, s) > 0.02  # wobble the outline only
+        cover = ((m + wobble * edge) > 0.5).astype(np.float64).reshape(RES, s, RES, s).mean(axis=(1, 3))
+        rgb = np.asarray(o.rgb, dtype=np.float64)
+        grey = rgb.mean()
+        angle = rng.uniform(-0.12, 0.12)  # a hue turn about the grey axis
+        k = np.ones(3) / np.sqrt(3)
+        v = rgb - grey
+        v = v * np.cos(angle) + np.cross(k, v) * np.sin(angle) + k * (k @ v) * (1 - np.cos(angle))
+        rgb = np.clip(grey + rng.uniform(-0.05, 0.05) + v * rng.uniform(0.8, 1.1), 0, 1)
+        img = img * (1 - cover) + rgb[:, None, None] * cover
+    if rng.random() < 0.3:  # a faint smudge: not an object
+        c = np.asarray(COLOURS[str(rng.choice(list(COLOURS)))])
+        x, y, r = rng.uniform(4, RES - 4), rng.uniform(4, RES - 4), rng.uniform(1.5, 3.0)
+        yy, xx = np.mgrid[0:RES, 0:RES] + 0.5
+        blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * r * r)) * rng.uniform(0.1, 0.25)
+        img = img * (1 - blob) + c[:, None, None] * blob
+    img = np.stack([_blur(ch, rng.uniform(0.5, 1.1)) for ch in img])
+    img = img + rng.normal(0, 0.01, img.shape)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+def judge_example(rng: np.random.Generator, near_miss: float = 0.3, generated_like: float = 0.0) -> Labelled:
     """A labelled training scene for the judge: a prompt's scene, or 0-4 random objects, with near misses.
 
     Each object becomes a near miss (labelled BLOB, so a malformed square is *not* a square) with
-    probability ``near_miss``; a few scenes are mildly blurred or noisy (labels unchanged).
+    probability ``near_miss``; a few scenes are mildly blurred or noisy (labels unchanged). With
+    probability ``generated_like`` the scene is drawn by :func:`draw_generated_like` instead.
     """
     specs = _SPECS
     if rng.random() < 0.6:
@@ -417,10 +466,13 @@ def judge_example(rng: np.random.Generator, near_miss: float = 0.3) -> Labelled:
     for o in objs:
         if rng.random() < near_miss:
             malform(o, rng)
-    blur = float(rng.uniform(0.3, 0.6)) if rng.random() < 0.15 else 0.0
-    img = draw(objs, background(rng), rng, blur=blur)
-    if rng.random() < 0.15:
-        img = np.clip(img + rng.normal(0, 0.03, img.shape).astype(np.float32), 0, 1)
+    if generated_like and rng.random() < generated_like:
+        img = draw_generated_like(objs, rng)
+    else:
+        blur = float(rng.uniform(0.3, 0.6)) if rng.random() < 0.15 else 0.0
+        img = draw(objs, background(rng), rng, blur=blur)
+        if rng.random() < 0.15:
+            img = np.clip(img + rng.normal(0, 0.03, img.shape).astype(np.float32), 0, 1)
     counts, centres = labels_of(objs)
     cols, shapes = list(COLOURS), list(JUDGE_SHAPES)
     return Labelled(img, counts, centres, [(cols.index(o.colour), shapes.index(o.shape), o.x, o.y) for o in objs])
