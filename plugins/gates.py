@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 from pydantic import Field
 
 from rats_core import hookimpl
+
+if TYPE_CHECKING:  # the gates use tensor methods only: listing or validating them imports no torch
+    import torch
 
 
 class SigmoidGate:
@@ -20,7 +22,7 @@ class SigmoidGate:
         self.tau = tau
 
     def __call__(self, teacher_reward: torch.Tensor, student_reward: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid((teacher_reward - student_reward) / self.tau)
+        return ((teacher_reward - student_reward) / self.tau).sigmoid()
 
 
 class HardGate:
@@ -40,7 +42,7 @@ class ConstantGate:
         self.c = c
 
     def __call__(self, teacher_reward: torch.Tensor, student_reward: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(teacher_reward, self.c)
+        return teacher_reward.new_full(teacher_reward.shape, self.c)
 
 
 def sigmoid(tau: Annotated[float, Field(gt=0)] = 1.0) -> SigmoidGate:

@@ -6,12 +6,14 @@ predicts the final image.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
 from pydantic import Field
 
 from rats_core import hookimpl
+
+if TYPE_CHECKING:  # in annotations only: listing or validating the schedules imports no torch
+    import torch
 
 
 class AllSteps:

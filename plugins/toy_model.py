@@ -1,7 +1,6 @@
-"""A toy backbone and toy rewards: tiny, instant, dependency-free.
+"""The toy backbone's network and sampler (the ``toy`` plugin's heavy half; plugins/toy.py registers it).
 
-For smoke tests of the whole pipeline, plugin authors' own tests, and CI. Not a real image model:
-the "image" is the 3×S×S latent itself mapped to [0, 1].
+Not a real image model: the "image" is the 3×S×S latent itself mapped to [0, 1].
 """
 
 from __future__ import annotations
@@ -9,14 +8,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Literal, Sequence
+from typing import Sequence
 
 import torch
-from pydantic import Field
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from rats_core import hookimpl
 from rats_core.sigmas import x0_from_eps, x0_from_flow, ve_model_input
 
 
@@ -113,53 +110,3 @@ class ToyBackbone:
                         "steps": steps, "weights": filename})
         )
         return directory
-
-
-def toy(
-    resolution: Annotated[int, Field(gt=0, le=64)] = 8,
-    interpolation: Literal["ve", "flow"] = "flow",
-    seed: int = 0,
-    path: str | None = None,
-) -> ToyBackbone:
-    """A tiny random pixel-space model for smoke tests (no weights needed)."""
-    return ToyBackbone(resolution=resolution, interpolation=interpolation, seed=seed)
-
-
-class Brightness:
-    """``−(mean(image) − target)²``: prefers images of a given mean brightness."""
-
-    def __init__(self, target: float = 0.75):
-        self.target = target
-
-    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
-        return -(images.mean(dim=(1, 2, 3)) - self.target) ** 2
-
-
-def brightness(target: Annotated[float, Field(ge=0, le=1)] = 0.75) -> Brightness:
-    """Toy reward: -(mean brightness - target)^2."""
-    return Brightness(target)
-
-
-class Smoothness:
-    """Negative total variation: prefers smooth images."""
-
-    def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
-        dx = (images[..., 1:] - images[..., :-1]).abs().mean(dim=(1, 2, 3))
-        dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean(dim=(1, 2, 3))
-        return -(dx + dy)
-
-
-def smoothness() -> Smoothness:
-    """Toy reward: negative total variation."""
-    return Smoothness()
-
-
-@hookimpl
-def register_backbones(register):
-    register("toy", toy)
-
-
-@hookimpl
-def register_rewards(register):
-    register("toy-brightness", brightness)
-    register("toy-smoothness", smoothness)

@@ -69,10 +69,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.config}: config OK; {weights_verdict(statuses)} (backbone {cfg.backbone.name}, "
           f"K={cfg.student.steps}, N={cfg.teacher.steps}, gate {cfg.gate.name}, horizons {cfg.horizons.name}, "
           f"rewards {[r.name for r in cfg.rewards]}, callbacks {[c.name for c in cfg.callbacks]})")
-    from .estimate import gpu_config, validate_line
+    if not str(cfg.train.device or "").startswith("cpu"):  # a CPU config says so without importing torch
+        from .estimate import gpu_config, validate_line
 
-    if gpu_config(cfg):  # a GPU run: whether it fits
-        print(validate_line(cfg, args.config))
+        if gpu_config(cfg):  # a GPU run: whether it fits
+            print(validate_line(cfg, args.config))
     return print_weights_report(cfg, skip=args.no_weights, statuses=statuses)
 
 

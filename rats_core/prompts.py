@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from .errors import ConfigError
 
 #: a small general-purpose evaluation list, used when nothing else is configured
@@ -82,6 +80,8 @@ class PromptSampler:
 
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perm_cache:
+            import torch  # here, not at the top: config validation reads prompt files without torch
+
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._perm_cache = {epoch: torch.randperm(len(self.prompts), generator=g).tolist()}
         return self._perm_cache[epoch]

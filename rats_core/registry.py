@@ -110,13 +110,23 @@ def summary_line(doc: str) -> str:
 
 
 def _params(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    """The factory's parameters with their annotations resolved (plugins written with ``from __future__
+    import annotations`` have strings). Only the parameters' annotations are evaluated, never the return
+    annotation: a light factory may name its heavy result under ``if TYPE_CHECKING:`` only, so that
+    reading its options imports no torch."""
     try:
-        # eval_str resolves annotations of plugins written with `from __future__ import annotations`
-        return dict(inspect.signature(factory, eval_str=True).parameters)
-    except (NameError, SyntaxError):
-        return dict(inspect.signature(factory).parameters)
+        params = dict(inspect.signature(factory).parameters)
     except (TypeError, ValueError):
         return {}
+    target = inspect.unwrap(factory.__init__ if inspect.isclass(factory) else factory)
+    namespace = getattr(target, "__globals__", {})
+    for name, p in params.items():
+        if isinstance(p.annotation, str):
+            try:
+                params[name] = p.replace(annotation=eval(p.annotation, namespace))  # noqa: S307 - the plugin's own annotation
+            except (NameError, SyntaxError, TypeError, AttributeError):
+                pass
+    return params
 
 
 def _options_model(factory: Callable[..., Any], title: str) -> type[pydantic.BaseModel]:

@@ -1,6 +1,7 @@
-"""The command line answers without importing torch (issue 30): ``rats --help``, ``rats COMMAND --help``
-and a config mistake run in a fresh interpreter, which then must not have torch (nor diffusers,
-transformers, open_clip) in ``sys.modules``. ``import rats_core`` still guards torchvision lazily."""
+"""The command line answers without importing torch (issue 30): ``rats --help``, ``rats COMMAND --help``,
+``rats plugins`` (and ``NAME``, ``--json``) and config mistakes -- in a section or in a component's options,
+of the shipped configs -- run in a fresh interpreter, which then must not have torch (nor diffusers,
+transformers, open_clip, scipy) in ``sys.modules``. ``import rats_core`` still guards torchvision lazily."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "torchvision", "diffusers", "transformers", "open_clip", "deepspeed")
+HEAVY = ("torch", "torchvision", "diffusers", "transformers", "open_clip", "deepspeed", "scipy")
 
 # runs the CLI's entry point in-process, then prints which heavy modules it imported
 WRAPPER = """
@@ -44,6 +45,31 @@ def test_help_imports_no_torch(argv):
 def test_a_config_mistake_is_reported_without_torch():
     out = run_cli("validate", "experiments/digits.yaml", "train.step=5")
     assert out["rc"] == 2 and out["heavy"] == []
+
+
+@pytest.mark.parametrize("argv", [("plugins",), ("plugins", "--json"), ("plugins", "sdxl"), ("plugins", "pickscore"),
+                                  ("plugins", "scene-judge"), ("plugins", "digits"), ("plugins", "sigmoid")])
+def test_listing_plugins_imports_no_torch(argv):
+    """Loading the registry imports every built-in plugin module: each registers light factories."""
+    out = run_cli(*argv)
+    assert out["rc"] == 0 and out["heavy"] == []
+
+
+@pytest.mark.parametrize("config, override", [
+    ("experiments/sdxl.yaml", "backbone.resolutoin=512"),     # a backbone option
+    ("experiments/sdxl.yaml", "rewards.0.dtyp=float32"),      # a reward option
+    ("experiments/sdxl.yaml", "gate.tua=1"),                  # a gate option
+    ("experiments/digits.yaml", "horizons.weighting=early"),  # a horizon option's choices
+    ("experiments/scenes.yaml", "eval.metrics.0.reader=eyes"),  # a metric option's choices
+])
+def test_a_component_option_mistake_in_a_full_config_is_reported_without_torch(config, override):
+    out = run_cli("validate", config, override, "--no-weights")
+    assert out["rc"] == 2 and out["heavy"] == []
+
+
+def test_a_valid_config_validates_without_torch():
+    out = run_cli("validate", "experiments/digits.yaml", "--no-weights")
+    assert out["rc"] == 0 and out["heavy"] == []
 
 
 def test_importing_rats_core_imports_no_torch_and_still_guards_torchvision():

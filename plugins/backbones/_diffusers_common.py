@@ -31,15 +31,14 @@ from torch import Tensor, nn
 from rats_core.errors import ConfigError, WeightsNotFoundError
 from rats_core.weights import offline_reason
 
+from .plugin import DtypeName, Spacing  # noqa: F401  (the option types live with the factories)
+
 log = logging.getLogger(__name__)
 
-#: dtype names as ``train.precision`` spells them; the reward plugins' spellings are accepted too
-DtypeName = Literal["fp32", "bf16", "fp16", "float32", "bfloat16", "float16"]
 DTYPES = {
     "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
 }
-Spacing = Literal["trailing", "linspace", "leading"]
 
 #: pipeline class (model_index.json ``_class_name``) → the rats backbone that handles it
 PIPELINE_BACKBONE = {

@@ -14,20 +14,17 @@ embedding (schnell) get true classifier-free guidance against the empty prompt w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from rats_core import hookimpl
 from rats_core.sigmas import x0_from_flow
 
 from ._diffusers_common import (
     DTYPES,
     DiffusersBackbone,
-    DtypeName,
     Part,
     batch_cond,
     cfg,
@@ -44,6 +41,7 @@ from ._diffusers_common import (
     to_device,
     vae_scale_factor,
 )
+from .plugin import flux  # noqa: F401  (the factory lives in plugin.py)
 
 DEFAULT_ID = "black-forest-labs/FLUX.1-dev"
 
@@ -245,33 +243,3 @@ class FluxBackbone(DiffusersBackbone):
             if g is not None and g > 1:
                 kwargs.update(negative_prompt="", true_cfg_scale=g)
         return kwargs
-
-
-def flux(
-    path: str | None = None,
-    resolution: Annotated[int, Field(gt=0)] | None = None,
-    device: str | None = None,
-    dtype: DtypeName = "bf16",
-    denoiser_dtype: DtypeName = "bf16",
-    gradient_checkpointing: bool = False,
-    vae_slicing: bool = False,
-    vae_tiling: bool = False,
-    max_sequence_length: Annotated[int, Field(gt=0, le=512)] = 512,
-    variant: str | None = None,
-    revision: str | None = None,
-) -> FluxBackbone:
-    """FLUX.1 dev/schnell (rectified flow, CLIP pooled + T5, packed latents). Default FLUX.1-dev, 1024 px.
-
-    bf16 by default (the 12B transformer is 24 GB in bf16, 48 GB in fp32). For FLUX.1-dev set
-    student/teacher ``guidance_scale`` to the embedded guidance you want (the pipeline uses 3.5).
-    """
-    return FluxBackbone(
-        path, resolution=resolution, device=device, dtype=dtype, denoiser_dtype=denoiser_dtype,
-        gradient_checkpointing=gradient_checkpointing, vae_slicing=vae_slicing, vae_tiling=vae_tiling,
-        max_sequence_length=max_sequence_length, variant=variant, revision=revision,
-    )
-
-
-@hookimpl
-def register_backbones(register):
-    register("flux", flux)

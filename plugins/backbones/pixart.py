@@ -14,21 +14,17 @@ T5 as written.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from rats_core import hookimpl
 from rats_core.sigmas import ve_model_input
 
 from ._diffusers_common import (
     DTYPES,
     DiffusersBackbone,
-    DtypeName,
     Part,
-    Spacing,
     VESchedule,
     batch_cond,
     cfg,
@@ -46,6 +42,7 @@ from ._diffusers_common import (
     vae_scale_factor,
     ve_x0,
 )
+from .plugin import pixart  # noqa: F401  (the factory lives in plugin.py)
 
 DEFAULT_ID = "PixArt-alpha/PixArt-XL-2-512x512"
 
@@ -184,35 +181,3 @@ class PixArtBackbone(DiffusersBackbone):
         # the pipeline would otherwise "clean" (lower-casing, stripping URLs and punctuation) first.
         return {**super().sampling_kwargs(steps, guidance), "max_sequence_length": self.max_sequence_length,
                 "use_resolution_binning": False, "clean_caption": False}
-
-
-def pixart(
-    path: str | None = None,
-    resolution: Annotated[int, Field(gt=0)] | None = None,
-    device: str | None = None,
-    dtype: DtypeName = "fp32",
-    denoiser_dtype: DtypeName = "fp32",
-    gradient_checkpointing: bool = False,
-    vae_slicing: bool = False,
-    vae_tiling: bool = False,
-    timestep_spacing: Spacing = "trailing",
-    max_sequence_length: Annotated[int, Field(gt=0)] | None = None,
-    variant: str | None = None,
-    revision: str | None = None,
-) -> PixArtBackbone:
-    """PixArt-α / PixArt-Σ (DiT + T5). Default PixArt-alpha/PixArt-XL-2-512x512, 512 px.
-
-    Point ``path`` at a PixArt-Σ folder or id (e.g. PixArt-alpha/PixArt-Sigma-XL-2-1024-MS) for Σ.
-    ``max_sequence_length``: T5 tokens (default 120 for α, 300 for Σ, as the pipelines).
-    """
-    return PixArtBackbone(
-        path, resolution=resolution, device=device, dtype=dtype, denoiser_dtype=denoiser_dtype,
-        gradient_checkpointing=gradient_checkpointing, vae_slicing=vae_slicing, vae_tiling=vae_tiling,
-        timestep_spacing=timestep_spacing, max_sequence_length=max_sequence_length, variant=variant,
-        revision=revision,
-    )
-
-
-@hookimpl
-def register_backbones(register):
-    register("pixart", pixart)

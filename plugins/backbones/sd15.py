@@ -9,21 +9,17 @@ eps- and v-prediction models alike: the prediction type comes from the model's s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from rats_core import hookimpl
 from rats_core.sigmas import ve_model_input
 
 from ._diffusers_common import (
     DTYPES,
     DiffusersBackbone,
-    DtypeName,
     Part,
-    Spacing,
     VESchedule,
     batch_cond,
     cfg,
@@ -41,6 +37,7 @@ from ._diffusers_common import (
     vae_scale_factor,
     ve_x0,
 )
+from .plugin import sd15  # noqa: F401  (the factory lives in plugin.py)
 
 DEFAULT_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -177,35 +174,3 @@ class SD15Backbone(DiffusersBackbone):
 
         StableDiffusionPipeline.save_lora_weights(str(directory), unet_lora_layers=state, safe_serialization=True)
         return True
-
-
-def sd15(
-    path: str | None = None,
-    resolution: Annotated[int, Field(gt=0)] | None = None,
-    device: str | None = None,
-    dtype: DtypeName = "fp32",
-    denoiser_dtype: DtypeName = "fp32",
-    gradient_checkpointing: bool = False,
-    vae_slicing: bool = False,
-    vae_tiling: bool = False,
-    timestep_spacing: Spacing = "trailing",
-    prediction_type: Literal["epsilon", "v_prediction"] | None = None,
-    variant: str | None = None,
-    revision: str | None = None,
-) -> SD15Backbone:
-    """Stable Diffusion 1.x/2.x (UNet + CLIP; eps or v-prediction). Default stable-diffusion-v1-5, 512 px.
-
-    ``path``: Hub id or local diffusers folder. ``dtype``: text encoder and VAE; ``denoiser_dtype``:
-    the UNet (keep fp32 for full fine-tuning with mixed precision; bf16 for LoRA on small GPUs).
-    ``prediction_type`` overrides the scheduler config's.
-    """
-    return SD15Backbone(
-        path, resolution=resolution, device=device, dtype=dtype, denoiser_dtype=denoiser_dtype,
-        gradient_checkpointing=gradient_checkpointing, vae_slicing=vae_slicing, vae_tiling=vae_tiling,
-        timestep_spacing=timestep_spacing, prediction_type=prediction_type, variant=variant, revision=revision,
-    )
-
-
-@hookimpl
-def register_backbones(register):
-    register("sd15", sd15)

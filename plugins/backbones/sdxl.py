@@ -10,15 +10,13 @@ branch of CFG is all zeros, like the pipeline's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from rats_core import hookimpl
-
-from ._diffusers_common import DtypeName, Part, Spacing, load_part, load_tokenizer
+from ._diffusers_common import Part, load_part, load_tokenizer
+from .plugin import sdxl  # noqa: F401  (the factory lives in plugin.py)
 from .sd15 import SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE, SD15Backbone
 
 DEFAULT_ID = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -103,33 +101,3 @@ class SDXLBackbone(SD15Backbone):
 
         StableDiffusionXLPipeline.save_lora_weights(str(directory), unet_lora_layers=state, safe_serialization=True)
         return True
-
-
-def sdxl(
-    path: str | None = None,
-    resolution: Annotated[int, Field(gt=0)] | None = None,
-    device: str | None = None,
-    dtype: DtypeName = "fp32",
-    denoiser_dtype: DtypeName = "fp32",
-    gradient_checkpointing: bool = False,
-    vae_slicing: bool = False,
-    vae_tiling: bool = False,
-    timestep_spacing: Spacing = "trailing",
-    prediction_type: Literal["epsilon", "v_prediction"] | None = None,
-    variant: str | None = None,
-    revision: str | None = None,
-) -> SDXLBackbone:
-    """Stable Diffusion XL (UNet + two CLIP encoders, pooled + size conditioning). Default SDXL base 1.0, 1024 px.
-
-    Same options as ``sd15``. In fp16 the SDXL VAE is kept in fp32 (it overflows); bf16 is fine.
-    """
-    return SDXLBackbone(
-        path, resolution=resolution, device=device, dtype=dtype, denoiser_dtype=denoiser_dtype,
-        gradient_checkpointing=gradient_checkpointing, vae_slicing=vae_slicing, vae_tiling=vae_tiling,
-        timestep_spacing=timestep_spacing, prediction_type=prediction_type, variant=variant, revision=revision,
-    )
-
-
-@hookimpl
-def register_backbones(register):
-    register("sdxl", sdxl)

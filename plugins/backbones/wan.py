@@ -23,19 +23,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from rats_core import hookimpl
 from rats_core.sigmas import x0_from_flow
 
 from ._diffusers_common import (
     DTYPES,
     DiffusersBackbone,
-    DtypeName,
     Part,
     batch_cond,
     cfg,
@@ -49,11 +46,12 @@ from ._diffusers_common import (
     to_device,
     unwrap_denoiser,
 )
+from .plugin import WAN_NUM_FRAMES, wan  # noqa: F401  (the factory lives in plugin.py)
 
 DEFAULT_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 #: frame height (px) and video frames when the config gives none (``rats estimate`` uses them too)
 DEFAULT_HEIGHT = 480
-DEFAULT_NUM_FRAMES = 81
+DEFAULT_NUM_FRAMES = WAN_NUM_FRAMES
 
 TRANSFORMER = Part("transformer", "the Wan transformer, WanTransformer3DModel")
 VAE = Part("vae", "the video VAE, AutoencoderKLWan")
@@ -393,46 +391,3 @@ def _decode_some_with_grad(vae: nn.Module, z: Tensor, grad_frames: set[int]) -> 
     finally:
         vae.clear_cache()
     return torch.cat(outs, 2).clamp(-1.0, 1.0)
-
-
-def wan(
-    path: str | None = None,
-    resolution: Annotated[int, Field(gt=0)] | None = None,
-    width: Annotated[int, Field(gt=0)] | None = None,
-    num_frames: Annotated[int, Field(gt=0)] = DEFAULT_NUM_FRAMES,
-    device: str | None = None,
-    dtype: DtypeName = "bf16",
-    denoiser_dtype: DtypeName = "bf16",
-    vae_dtype: DtypeName | None = None,
-    gradient_checkpointing: bool = False,
-    vae_slicing: bool = False,
-    vae_tiling: bool = False,
-    decode_grad_frames: Annotated[int, Field(gt=0)] | None = None,
-    flow_shift: Annotated[float, Field(gt=0)] | None = None,
-    negative_prompt: str = "",
-    max_sequence_length: Annotated[int, Field(gt=0, le=512)] = 512,
-    variant: str | None = None,
-    revision: str | None = None,
-) -> WanBackbone:
-    """Wan2.1 text-to-video (flow matching, UMT5, 3-D VAE). Default Wan2.1-T2V-1.3B, 81 frames at 480×480.
-
-    ``resolution``: frame height in px (multiple of 16; default 480); ``width``: frame width (default:
-    the height; the model's native 480p is 480×832). ``num_frames``: video frames, 1 + a multiple of 4.
-    ``dtype``: the UMT5 encoder (and the VAE unless ``vae_dtype``); ``denoiser_dtype``: the transformer.
-    ``decode_grad_frames``: how many evenly spaced latent frames the differentiable decode keeps a
-    gradient for (each is 4 video frames; default: all) — the decode dominates a video step's memory.
-    ``flow_shift`` overrides the scheduler's (3.0 for 480p, 5.0 for 720p). ``negative_prompt``: the
-    unconditional branch of guidance. For the 14B model set ``path: Wan-AI/Wan2.1-T2V-14B-Diffusers``.
-    """
-    return WanBackbone(
-        path, resolution=resolution, width=width, num_frames=num_frames, device=device, dtype=dtype,
-        denoiser_dtype=denoiser_dtype, vae_dtype=vae_dtype,
-        gradient_checkpointing=gradient_checkpointing, vae_slicing=vae_slicing, vae_tiling=vae_tiling,
-        decode_grad_frames=decode_grad_frames, flow_shift=flow_shift, negative_prompt=negative_prompt,
-        max_sequence_length=max_sequence_length, variant=variant, revision=revision,
-    )
-
-
-@hookimpl
-def register_backbones(register):
-    register("wan", wan)

@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Sequence
+from typing import Sequence
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from rats_core.errors import WeightsNotFoundError
@@ -230,11 +229,3 @@ def _load_unet(folder: Path, lora: Path | None = None) -> nn.Module:
         _require(lora, ("adapter_config.json", "adapter_model.safetensors"))
         unet = PeftModel.from_pretrained(unet, str(lora)).merge_and_unload()
     return unet.eval()
-
-
-def digits(
-    path: str | None = None,
-    resolution: Annotated[int, Field(gt=0, le=64)] | None = None,
-) -> DigitsBackbone:
-    """Tiny text-to-digit diffusion model (16x16 pixels, CPU-fast); ships pretrained weights."""
-    return DigitsBackbone(path, resolution)

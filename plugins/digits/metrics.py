@@ -59,13 +59,3 @@ class DigitFID:
         x = to_classifier_input(images.detach().cpu(), self.model.resolution)
         mu, cov = _stats(self.model.cpu().features(x))
         return {"fid": frechet_distance(mu, cov, self.real_mu, self.real_cov)}
-
-
-def digit_judge(path: str | None = None) -> DigitJudge:
-    """Accuracy of an independent judge classifier at reading the prompt's digit (judge_accuracy)."""
-    return DigitJudge(path)
-
-
-def digit_fid(path: str | None = None) -> DigitFID:
-    """Frechet distance of judge features: generated vs real held-out digits (fid, lower is better)."""
-    return DigitFID(path)

@@ -23,7 +23,7 @@ weight next to ``digit-confidence`` (alone it is trivially maximised by a blank 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 from torch import Tensor
 
@@ -75,13 +75,3 @@ class DigitSharpness:
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:
         grey = images.float().mean(dim=1)
         return (2 * grey - 1).abs().mean(dim=(1, 2))
-
-
-def digit_confidence(path: str | None = None, score: Literal["log_prob", "prob"] = "log_prob") -> DigitConfidence:
-    """log p(clean handwritten <prompt digit> | image): small CNN with a degraded class, digits train split."""
-    return DigitConfidence(path, score)
-
-
-def digit_sharpness() -> DigitSharpness:
-    """mean |2*pixel - 1|: crisp ink-or-paper pixels (use with a small weight)."""
-    return DigitSharpness()

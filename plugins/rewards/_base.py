@@ -10,7 +10,7 @@ mean/std, the L2 normalisation and the cosine — stay float32: bf16 keeps 8 sig
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import contextlib
 
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: the ``dtype`` option of every reward plugin
-DType = Literal["float32", "float16", "bfloat16"]
+from .plugin import DType  # noqa: F401  (the ``dtype`` option of every reward plugin)
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

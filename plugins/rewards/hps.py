@@ -20,16 +20,16 @@ from typing import Iterator, Sequence
 
 from torch import Tensor
 
-from rats_core import hookimpl
 from rats_core.errors import CheckpointError
 
 from ._base import DType, FrozenReward
 from ._preprocess import CLIP_MEAN, CLIP_STD, check_images, resize_longest_pad_normalize
 from ._weights import WeightsHint, load_state_dict, resolve_file, strip_prefix
+from .plugin import HPS_ARCHITECTURE, HPS_FILENAMES, hpsv2, hpsv2_1  # noqa: F401  (the factories live in plugin.py)
 
 REPO_ID = "xswu/HPSv2"
-FILENAMES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
-ARCHITECTURE = "ViT-H-14"
+FILENAMES = HPS_FILENAMES
+ARCHITECTURE = HPS_ARCHITECTURE
 
 
 class _DropRandomInitWarning(logging.Filter):
@@ -101,38 +101,3 @@ class HPS(FrozenReward):
         image = self.model.encode_image(pixels)
         # normalised and summed in float32 whatever the model's dtype (see _base.py)
         return self.as_scores((self.unit(image) * text).sum(dim=-1))
-
-
-_DOC_OPTIONS = """
-
-    Options:
-        path: the HPS checkpoint (a file, a folder holding it, or a Hugging Face repo id);
-            default: ``xswu/HPSv2`` ({filename}) from the local Hugging Face cache.
-        architecture: open_clip model name (``ViT-H-14``; another name only for tests/custom models).
-        antialias: antialiased resize as with torchvision >= 0.17 (default); False as older torchvision.
-        dtype: ``float32`` (default), ``float16`` or ``bfloat16``.
-"""
-
-
-def hpsv2(
-    path: str | None = None, architecture: str = ARCHITECTURE, antialias: bool = True, dtype: DType = "float32"
-) -> HPS:
-    """HPSv2.0: open_clip ViT-H-14 with HPS_v2_compressed.pt; cosine score ≈ 0.2-0.35."""
-    return HPS("v2.0", path=path, architecture=architecture, antialias=antialias, dtype=dtype)
-
-
-def hpsv2_1(
-    path: str | None = None, architecture: str = ARCHITECTURE, antialias: bool = True, dtype: DType = "float32"
-) -> HPS:
-    """HPSv2.1: open_clip ViT-H-14 with HPS_v2.1_compressed.pt; cosine score ≈ 0.2-0.35."""
-    return HPS("v2.1", path=path, architecture=architecture, antialias=antialias, dtype=dtype)
-
-
-hpsv2.__doc__ += _DOC_OPTIONS.format(filename=FILENAMES["v2.0"])
-hpsv2_1.__doc__ += _DOC_OPTIONS.format(filename=FILENAMES["v2.1"])
-
-
-@hookimpl
-def register_rewards(register):
-    register("hpsv2", hpsv2)
-    register("hpsv2.1", hpsv2_1)

@@ -27,16 +27,16 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from rats_core import hookimpl
 from rats_core.errors import CheckpointError
 
 from ._base import DType, FrozenReward, float32_compute
 from ._preprocess import CLIP_MEAN, CLIP_STD, check_images, resize_crop_normalize
 from ._weights import WeightsHint, from_pretrained, load_state_dict, resolve_file, strip_prefix
+from .plugin import IMAGEREWARD_TOKENIZER, imagereward  # noqa: F401  (the factory lives in plugin.py)
 
 REPO_ID = "THUDM/ImageReward"
 FILENAME = "ImageReward.pt"
-TOKENIZER = "bert-base-uncased"
+TOKENIZER = IMAGEREWARD_TOKENIZER
 #: the official score's standardisation (ImageReward.__init__)
 MEAN = 0.16717362830052426
 STD = 1.0333394966054072
@@ -248,26 +248,3 @@ class ImageReward(FrozenReward):
         with float32_compute(device):  # the head and the standardisation in float32 (see _base.py)
             raw = self.mlp(text.float())
         return self.as_scores((raw - MEAN) / STD)
-
-
-def imagereward(path: str | None = None, tokenizer: str = TOKENIZER, dtype: DType = "float32") -> ImageReward:
-    """ImageReward v1.0 (BLIP + MLP head), official scale ≈ −2…2.
-
-    Options:
-        path: the official ``ImageReward.pt`` (a file, a folder holding it, or a Hugging Face repo id);
-            default: ``THUDM/ImageReward`` from the local Hugging Face cache.
-        tokenizer: BERT uncased tokenizer (folder or hub id); default ``bert-base-uncased``.
-        dtype: ``float32`` (default, as the official scorer), ``float16`` or ``bfloat16``.
-
-    Example config::
-
-        rewards:
-          - name: imagereward
-            path: /models/ImageReward.pt
-    """
-    return ImageReward(path=path, tokenizer=tokenizer, dtype=dtype)
-
-
-@hookimpl
-def register_rewards(register):
-    register("imagereward", imagereward)

@@ -19,14 +19,14 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from rats_core import hookimpl
 from rats_core.errors import CheckpointError
 
 from ._base import DType, FrozenReward
 from ._preprocess import center_crop, check_images, normalize, resize_crop_normalize, resize_like_pil
 from ._weights import WeightsHint, from_pretrained
+from .plugin import PICKSCORE_ID, pickscore  # noqa: F401  (the factory lives in plugin.py)
 
-REPO_ID = "yuvalkirstain/PickScore_v1"
+REPO_ID = PICKSCORE_ID
 PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 MAX_LENGTH = 77
 
@@ -100,29 +100,3 @@ class PickScore(FrozenReward):
         image = self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
         # the scale and the cosine in float32 whatever the model's dtype (see _base.py)
         return self.as_scores(self.logit_scale * (self.unit(image) * text).sum(dim=-1))
-
-
-def pickscore(path: str = REPO_ID, processor: str | None = None, dtype: DType = "float32") -> PickScore:
-    """PickScore v1 (CLIP-H fine-tuned on Pick-a-Pic): logit_scale.exp() * cos, ≈ 18-24.
-
-    Options:
-        path: a ``CLIPModel`` folder (config.json + weights) or hub id; default ``yuvalkirstain/PickScore_v1``
-            from the local Hugging Face cache.
-        processor: folder or hub id with the CLIP tokenizer and ``preprocessor_config.json``; default:
-            ``path`` itself when that local folder has both, else ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``
-            (only those small files are needed).
-        dtype: ``float32`` (default), ``float16`` or ``bfloat16``.
-
-    Example config::
-
-        rewards:
-          - name: pickscore
-            path: /models/PickScore_v1
-            processor: /models/CLIP-ViT-H-14-processor
-    """
-    return PickScore(path=path, processor=processor, dtype=dtype)
-
-
-@hookimpl
-def register_rewards(register):
-    register("pickscore", pickscore)

@@ -4,14 +4,69 @@ reward ``scene-attributes`` (a second, independently trained judge; see attribut
 The base model and the reward are *not* world-specific: the shipped pipeline folder is loaded by the
 ``sd15`` backbone (``backbone.path``) and the shipped CLIP by the ``pickscore`` reward
 (``rewards.N.path``). See ``experiments/scenes.yaml``.
+
+The factories registered here are light copies of those in metrics.py and attribute_reward.py (same
+signature, same docstring: tests/core/test_light_plugins.py checks it): reading their options for
+``rats plugins`` or a config check imports no torch; building one imports the real factory.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 from rats_core import hookimpl
 
-from .attribute_reward import scene_attributes
-from .metrics import scene_fid, scene_judge
+if TYPE_CHECKING:
+    from .attribute_reward import SceneAttributes
+    from .metrics import SceneFID, SceneJudge
+
+
+def scene_attributes(path: str, relation_weight: float = 5.0) -> SceneAttributes:
+    """A second scenes judge's reading against the prompt (0 = all right, lower per mistake); a diagnostic.
+
+    Options:
+        path: the folder of a judge trained with another seed than the evaluation's
+            (``python -m rats_plugins.scenes.pretrain --what judge --seed 1 --out DIR`` writes ``DIR/judge``);
+            the evaluation judge itself, or a copy, is refused.
+        relation_weight: weight of the relation prompts' placement margin (capped at 0.15 image widths).
+
+    Example config::
+
+        rewards:
+          - {name: scene-attributes, path: ../runs/judge2/judge}
+    """
+    from .attribute_reward import scene_attributes as build
+
+    return build(path=path, relation_weight=relation_weight)
+
+
+def scene_judge(reader: Literal["rules", "cnn"] = "rules", path: str | None = None) -> SceneJudge:
+    """GenEval-style accuracy of the attribute judge: judge_accuracy (all right) and per category.
+
+    reader: ``rules`` reads each object's colour, shape and place from the image itself (validated
+    against people); ``cnn`` a learnt judge (``path``: its folder, default the shipped one)."""
+    from .metrics import scene_judge as build
+
+    return build(reader=reader, path=path)
+
+
+def scene_fid(features: Literal["statistics", "cnn"] = "statistics", path: str | None = None) -> SceneFID:
+    """Frechet distance, generated vs real renders of the same prompts (fid, lower is better).
+
+    features: ``statistics`` -- what the rule-based reader measures of how well a scene is drawn (object
+    count and size, shape misfit, malformed share, edge blur, colour strength and hue error, circle/square
+    clarity, background); ``cnn`` -- the learnt judge's pooled features (``path``: its folder)."""
+    from .metrics import scene_fid as build
+
+    return build(features=features, path=path)
+
+
+#: light factory -> the real one it stands for (what the test compares)
+IMPLEMENTATIONS = {
+    scene_attributes: "rats_plugins.scenes.attribute_reward:scene_attributes",
+    scene_judge: "rats_plugins.scenes.metrics:scene_judge",
+    scene_fid: "rats_plugins.scenes.metrics:scene_fid",
+}
 
 
 @hookimpl
