@@ -360,7 +360,8 @@ def end_of_run_report(trainer: "Trainer") -> dict[str, Any] | None:
     # the whole run's records: after a resume, trainer.history holds only this process's steps
     history = run_history(trainer.output_dir, trainer.history, last_step=trainer.step)
     return write_report(trainer.output_dir, cfg, results, images, expanded, history, scores=per_image,
-                        mark=grid_marker(metrics), judged=judged)
+                        mark=grid_marker(metrics), judged=judged, ranks=trainer.dist.world_size,
+                        resumed_at=trainer.resumed_at)
 
 
 def load_history(run_dir: Path) -> list[dict[str, float]]:

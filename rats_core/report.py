@@ -166,6 +166,20 @@ def _history_line(history: Sequence[dict[str, Any]]) -> str:
             + ".")
 
 
+def ranks_text(ranks: int) -> str:
+    return f"{ranks} rank" + ("" if ranks == 1 else "s")
+
+
+def run_line(ranks: int, resumed_at: Sequence[int]) -> str:
+    """How the run went: on how many ranks, and whether it was interrupted and resumed (and where)."""
+    if not resumed_at:
+        return f"Trained on {ranks_text(ranks)}, in one go (never interrupted)."
+    steps = ", ".join(str(s) for s in resumed_at)
+    times = "once" if len(resumed_at) == 1 else f"{len(resumed_at)} times"
+    return (f"Trained on {ranks_text(ranks)}; interrupted and resumed {times}, from the checkpoint at step "
+            f"{steps}.")
+
+
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
     labels = _ordered(list(results), results)
     skip = {"steps", "n"}
@@ -434,12 +448,16 @@ def write_report(
     scores: dict[str, Tensor] | None = None,
     mark: Mark | None = None,
     judged: dict[str, Sequence[bool]] | None = None,
+    ranks: int = 1,
+    resumed_at: Sequence[int] = (),
 ) -> dict[str, Any]:
     """report.md, report.json and report/*.png. ``scores``: each image's combined reward, per variant
     (printed above the grid's images, and the verdict's paired reward test); ``mark(images, prompts)``:
     a judge metric's per-image verdicts (:func:`rats_core.interfaces.metric_marks`), asked for the
     grid's images only; ``judged``: whether the judge reads each image right, per variant (the
-    verdict's paired judge test). Both go to report.json's ``per_image``, in ``prompts``' order."""
+    verdict's paired judge test). Both go to report.json's ``per_image``, in ``prompts``' order.
+    ``ranks``: how many processes trained; ``resumed_at``: the steps at which the run was resumed after
+    an interruption (report.json's ``ranks`` and ``resumed_at``, and one line of report.md)."""
     output_dir = Path(output_dir)
     report_dir = output_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -464,6 +482,8 @@ def write_report(
         # what training and this evaluation computed in (eval.precision: train | fp32)
         "train_precision": cfg.train.precision,
         "eval_precision": eval_precision(cfg),
+        "ranks": ranks,
+        "resumed_at": [int(s) for s in resumed_at],
         "prompts": len(set(prompts)),
         "images": len(prompts),
         # per image, in the order of `prompts`: what makes the verdict's tests paired
@@ -501,6 +521,8 @@ def write_report(
         f"horizons `{cfg.horizons.name}`, {cfg.train.steps} training steps in {cfg.train.precision}; "
         f"evaluated in {report['eval_precision']} (`eval.precision`). `reward` is the configured "
         "combination of " + ", ".join(f"{r.name}×{r.weight:g}" for r in cfg.rewards) + " (mean ± 95% interval).",
+        "",
+        run_line(ranks, resumed_at),
         "",
         markdown_table(results),
         "",

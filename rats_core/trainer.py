@@ -31,6 +31,7 @@ from .errors import CheckpointError, ConfigError, PluginError, RatsError, Traini
 from .gate_check import GateCheck
 from .objective import ObjectiveSettings, RatsObjective
 from .prompts import PromptSampler, load_prompts
+from .report import ranks_text
 from .run_folder import RunFolder, RunLock  # noqa: F401  (RunLock re-exported)
 from .signals import StopRequest
 from .teacher import Teacher, TeacherCache
@@ -74,6 +75,8 @@ class Trainer:
         self.dist: DistInfo | None = None
         self.step = 0
         self.history: list[dict[str, float]] = []
+        #: the steps at which this run was resumed after an interruption, oldest first (kept in checkpoints)
+        self.resumed_at: list[int] = []
         self.folder = RunFolder(self.output_dir)
         self.stop = StopRequest()
         self.callbacks: CallbackList | None = None
@@ -250,6 +253,9 @@ class Trainer:
         total = cfg.train.steps
         #: the run had reached train.steps before this process started (a rerun of a finished run)
         self.already_finished = self.step >= total
+        if d.is_main and not self.resumed_at and self.step == 0:
+            print(f"training: {total} steps on {ranks_text(d.world_size)} ({d.device.type}) in {self.output_dir}",
+                  file=sys.stderr)
         self.callbacks.fire("fit_start", self.state)
         while self.step < total:
             if any_rank(self.stop.requested, d.device):
@@ -426,6 +432,7 @@ class Trainer:
                 "lora": self.cfg.student.lora is not None,
                 "student_steps": self.cfg.student.steps,
                 "precision": self.cfg.train.precision,
+                "resumed_at": self.resumed_at,
             }
             (tmp / "state.json").write_text(json.dumps(state, indent=2))
         barrier()
@@ -494,12 +501,16 @@ class Trainer:
                         "resumed run draws different dropout/noise than an uninterrupted one would", folder)
         self.step = int(state["step"])
         self._saved_step = self.step
+        self.resumed_at = [int(s) for s in state.get("resumed_at", [])]
+        if self.step < self.cfg.train.steps:
+            self.resumed_at.append(self.step)
         if self.dist.is_main:
             if self.step >= self.cfg.train.steps:
                 print(f"already finished: step {self.step}/{self.cfg.train.steps} in {self.output_dir} "
                       "(nothing to train; raise train.steps to train on)", file=sys.stderr)
             else:
-                print(f"resumed from {folder} (step {self.step})", file=sys.stderr)
+                print(f"resumed from {folder} (step {self.step}/{self.cfg.train.steps}) on "
+                      f"{ranks_text(self.dist.world_size)}", file=sys.stderr)
 
     # -- end of run
 

@@ -69,7 +69,7 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
-def test_report_after_a_crash_and_resume_covers_every_step(tmp_path, monkeypatch):
+def test_report_after_a_crash_and_resume_covers_every_step(tmp_path, monkeypatch, capsys):
     cfg_path = _config(tmp_path)
     original = Trainer.train_step
 
@@ -81,6 +81,7 @@ def test_report_after_a_crash_and_resume_covers_every_step(tmp_path, monkeypatch
     monkeypatch.setattr(Trainer, "train_step", crash_at_step_7)
     with pytest.raises(RuntimeError, match="killed"):
         train(load_config(cfg_path))
+    assert "training: 8 steps on 1 rank (cpu)" in capsys.readouterr().err  # the start banner
     monkeypatch.setattr(Trainer, "train_step", original)
     old = os.umask(0o022)
     try:
@@ -95,6 +96,11 @@ def test_report_after_a_crash_and_resume_covers_every_step(tmp_path, monkeypatch
     assert (report["overtake_step"], report["overtake_source"]) == overtake_step(history)
     md = (run / "report.md").read_text()
     assert "8 logged steps (1–8)" in md and "held-out evaluations at steps 2, 4, 6, 8" in md
+    # the banner, report.json and report.md say that it was interrupted, where it resumed, on how many ranks
+    err = capsys.readouterr().err
+    assert "resumed from" in err and "(step 4/8) on 1 rank" in err and "training:" not in err
+    assert (report["ranks"], report["resumed_at"]) == (1, [4])
+    assert "Trained on 1 rank; interrupted and resumed once, from the checkpoint at step 4." in md
     # report.json is readable like the other files of the run
     assert stat.S_IMODE((run / "report.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((run / "config.yaml").stat().st_mode) == 0o644
@@ -104,6 +110,9 @@ def test_rerunning_a_finished_run_says_so_and_keeps_the_report(tmp_path, capsys)
     cfg_path = _config(tmp_path)
     train(load_config(cfg_path))
     report_md = tmp_path / "run" / "report.md"
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert (report["ranks"], report["resumed_at"]) == (1, [])
+    assert "Trained on 1 rank, in one go (never interrupted)." in report_md.read_text()
     before = report_md.stat().st_mtime_ns
     capsys.readouterr()
     train(load_config(cfg_path))
