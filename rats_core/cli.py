@@ -69,12 +69,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.config}: config OK; {weights_verdict(statuses)} (backbone {cfg.backbone.name}, "
           f"K={cfg.student.steps}, N={cfg.teacher.steps}, gate {cfg.gate.name}, horizons {cfg.horizons.name}, "
           f"rewards {[r.name for r in cfg.rewards]}, callbacks {[c.name for c in cfg.callbacks]})")
-    if not str(cfg.train.device or "").startswith("cpu"):  # a CPU config says so without importing torch
+    if _may_use_gpu(cfg):  # said without importing torch (seconds) where the answer is plainly no
         from .estimate import gpu_config, validate_line
 
         if gpu_config(cfg):  # a GPU run: whether it fits
             print(validate_line(cfg, args.config))
     return print_weights_report(cfg, skip=args.no_weights, statuses=statuses)
+
+
+def _may_use_gpu(cfg) -> bool:
+    """False when a config certainly trains on the CPU: ``train.device`` says so, or it is unset and the
+    machine has no NVIDIA or ROCm device node (``torch.cuda.is_available()`` would import torch)."""
+    device = cfg.train.device
+    if device is not None:
+        return str(device).startswith("cuda")
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
 
 
 @command("run", "train: same as rats-run")

@@ -72,6 +72,17 @@ def test_a_valid_config_validates_without_torch():
     assert out["rc"] == 0 and out["heavy"] == []
 
 
+def test_a_gpu_config_validates_without_torch_on_a_machine_without_gpu():
+    """sdxl.yaml leaves train.device unset: whether it would fit a GPU is asked only where one may be."""
+    from rats_core.cli import _may_use_gpu
+    from rats_core.config import load_config
+
+    if _may_use_gpu(load_config(REPO / "experiments/sdxl.yaml")):
+        pytest.skip("this machine has a GPU device node: the fit line is printed, which imports torch")
+    out = run_cli("validate", "experiments/sdxl.yaml", "--no-weights")
+    assert out["rc"] == 0 and out["heavy"] == []
+
+
 def test_importing_rats_core_imports_no_torch_and_still_guards_torchvision():
     code = ("import sys, rats_core; assert 'torch' not in sys.modules; "
             "from rats_core._compat import _GuardFinder; "
