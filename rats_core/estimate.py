@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -969,11 +970,23 @@ def cmd_estimate(args) -> int:
     from .config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    est = estimate(cfg, ranks=args.ranks, source=args.config)
+    ranks = default_ranks(args.ranks)
+    est = estimate(cfg, ranks=ranks[0], source=args.config)
     if args.json:
         print(json.dumps(est.to_dict(), indent=2))
     elif args.markdown:
         print(markdown(est))
     else:
-        print(format_table(est))
+        print("\n\n".join(format_table(est.with_ranks(n) if n != ranks[0] else est) for n in ranks))
     return 0
+
+
+def default_ranks(given: int | None) -> tuple[int, ...]:
+    """``--ranks`` when given, else the launcher's ``WORLD_SIZE`` (torchrun, deepspeed), else 1 and 8: on one
+    rank ZeRO-3 looks the worst choice (its teacher copy is not divided), which it is not on several."""
+    if given is not None:
+        return (given,)
+    world = os.environ.get("WORLD_SIZE", "")
+    if world.isdigit() and int(world) >= 1:
+        return (int(world),)
+    return (1, 8)

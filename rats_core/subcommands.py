@@ -86,7 +86,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 @command("estimate", "per-rank GPU memory of a training run (ZeRO 0-3), from the architecture; offline")
 @arg("config", help="experiment YAML")
 @arg("overrides", nargs="*", help="key.sub=value overrides (values parsed as YAML)")
-@arg("--ranks", type=int, default=1, help="number of data-parallel ranks (GPUs) the run will use")
+@arg("--ranks", type=int, default=None,
+     help="number of data-parallel ranks (GPUs) the run will use; default: the launcher's WORLD_SIZE when set, "
+          "else the table for 1 and for 8 ranks (ZeRO-2/3 only pay off on several)")
 @arg("--json", action="store_true", help="print JSON for machines")
 @arg("--markdown", action="store_true", help="print the will-it-fit table (1, 2, 8 GPUs) as docs/backbones.md has it")
 def cmd_estimate(args: argparse.Namespace) -> int:

@@ -358,3 +358,13 @@ def test_validate_line_never_fails_the_validation(tiny_sd15, monkeypatch):
 
     monkeypatch.setattr(est, "estimate", no_weights)
     assert est.validate_line(cfg, "x") == "estimate: not available for this config (no such weights)"
+
+
+def test_estimate_ranks_default_to_the_launcher_or_one_and_eight(monkeypatch):
+    from rats_core.estimate import default_ranks
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert default_ranks(None) == (1, 8)  # one rank alone makes ZeRO-3 look the worst choice
+    assert default_ranks(4) == (4,)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun / deepspeed
+    assert default_ranks(None) == (2,) and default_ranks(8) == (8,)
