@@ -32,11 +32,14 @@ SDXL = "experiments/sdxl.yaml"
 CASES = {
     "help": ([str(BIN / "rats"), "--help"], 0),
     "config_error": ([str(BIN / "rats"), "validate", "experiments/digits.yaml", "train.step=5"], 2),
+    # a mistake in a component's options: the registry loads every built-in plugin to check it
+    "option_error": ([str(BIN / "rats"), "validate", SDXL, "gate.tua=1"], 2),
+    "plugins": ([str(BIN / "rats"), "plugins"], 0),
     "validate_no_weights": ([str(BIN / "rats"), "validate", SDXL, "--no-weights"], 0),
     "run_missing_weights": ([str(BIN / "rats-run"), SDXL], 2),
 }
 REFERENCE = ([sys.executable, "-c", "import torch"], 0)
-TARGETS = {"help": 0.5, "config_error": 1.5, "run_missing_weights": 3.0}
+TARGETS = {"help": 0.5, "config_error": 1.5, "option_error": 1.5, "run_missing_weights": 3.0}
 
 
 def wall(argv: list[str], want_rc: int) -> float:
