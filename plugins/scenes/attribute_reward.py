@@ -79,18 +79,5 @@ class SceneAttributes:
         return score
 
 
-def scene_attributes(path: str, relation_weight: float = 5.0) -> SceneAttributes:
-    """A second scenes judge's reading against the prompt (0 = all right, lower per mistake); a diagnostic.
-
-    Options:
-        path: the folder of a judge trained with another seed than the evaluation's
-            (``python -m rats_plugins.scenes.pretrain --what judge --seed 1 --out DIR`` writes ``DIR/judge``);
-            the evaluation judge itself, or a copy, is refused.
-        relation_weight: weight of the relation prompts' placement margin (capped at 0.15 image widths).
-
-    Example config::
-
-        rewards:
-          - {name: scene-attributes, path: ../runs/judge2/judge}
-    """
-    return SceneAttributes(path, relation_weight)
+# the registered factory (light, in plugin.py), importable from here as before
+from .plugin import scene_attributes  # noqa: E402,F401

@@ -5,9 +5,9 @@ The base model and the reward are *not* world-specific: the shipped pipeline fol
 ``sd15`` backbone (``backbone.path``) and the shipped CLIP by the ``pickscore`` reward
 (``rewards.N.path``). See ``experiments/scenes.yaml``.
 
-The factories registered here are light copies of those in metrics.py and attribute_reward.py (same
-signature, same docstring: tests/core/test_light_plugins.py checks it): reading their options for
-``rats plugins`` or a config check imports no torch; building one imports the real factory.
+The factories live here, light: reading their options for ``rats plugins`` or a config check imports
+no torch; building one imports its implementation (metrics.py, attribute_reward.py, which re-export
+them).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def scene_attributes(path: str, relation_weight: float = 5.0) -> SceneAttributes
         rewards:
           - {name: scene-attributes, path: ../runs/judge2/judge}
     """
-    from .attribute_reward import scene_attributes as build
+    from .attribute_reward import SceneAttributes
 
-    return build(path=path, relation_weight=relation_weight)
+    return SceneAttributes(path, relation_weight)
 
 
 def scene_judge(reader: Literal["rules", "cnn"] = "rules", path: str | None = None) -> SceneJudge:
@@ -45,9 +45,9 @@ def scene_judge(reader: Literal["rules", "cnn"] = "rules", path: str | None = No
 
     reader: ``rules`` reads each object's colour, shape and place from the image itself (validated
     against people); ``cnn`` a learnt judge (``path``: its folder, default the shipped one)."""
-    from .metrics import scene_judge as build
+    from .metrics import SceneJudge
 
-    return build(reader=reader, path=path)
+    return SceneJudge(reader, path)
 
 
 def scene_fid(features: Literal["statistics", "cnn"] = "statistics", path: str | None = None) -> SceneFID:
@@ -56,17 +56,9 @@ def scene_fid(features: Literal["statistics", "cnn"] = "statistics", path: str |
     features: ``statistics`` -- what the rule-based reader measures of how well a scene is drawn (object
     count and size, shape misfit, malformed share, edge blur, colour strength and hue error, circle/square
     clarity, background); ``cnn`` -- the learnt judge's pooled features (``path``: its folder)."""
-    from .metrics import scene_fid as build
+    from .metrics import SceneFID
 
-    return build(features=features, path=path)
-
-
-#: light factory -> the real one it stands for (what the test compares)
-IMPLEMENTATIONS = {
-    scene_attributes: "rats_plugins.scenes.attribute_reward:scene_attributes",
-    scene_judge: "rats_plugins.scenes.metrics:scene_judge",
-    scene_fid: "rats_plugins.scenes.metrics:scene_fid",
-}
+    return SceneFID(path, features=features)
 
 
 @hookimpl

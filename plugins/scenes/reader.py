@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import world
-from .world import BLOB, COLOURS, JUDGE_SHAPES, MAX_COUNT, RES, SHAPES
+from .world import BLOB, COLOURS, JUDGE_SHAPES, RES
 
 #: chroma strength (0-1 scale) above which a pixel belongs to some object
 FOREGROUND = 0.12
@@ -313,16 +313,7 @@ def _find_objects(img: np.ndarray) -> list[Found]:
 
 def reading(objects: list[Found]) -> tuple[np.ndarray, np.ndarray]:
     """Counts ``[6, 4]`` (clipped at MAX_COUNT) and mean centres ``[6, 4, 2]`` in [0, 1], the judge's table."""
-    colours, shapes = list(COLOURS), list(JUDGE_SHAPES)
-    counts = np.zeros((len(colours), len(shapes)), dtype=np.int64)
-    centres = np.zeros((len(colours), len(shapes), 2), dtype=np.float32)
-    for o in objects:
-        i, j = colours.index(o.colour), shapes.index(o.shape)
-        counts[i, j] += o.copies
-        centres[i, j] += np.array([o.x / RES, o.y / RES]) * o.copies
-    nz = counts > 0
-    centres[nz] /= counts[nz][:, None]
-    return np.minimum(counts, MAX_COUNT), centres
+    return world.labels_of([o for o in objects for _ in range(o.copies)])
 
 
 def read(images) -> tuple[np.ndarray, np.ndarray]:

@@ -1,31 +1,12 @@
 """Built-in plugin modules register light factories (issue 30): the modules in DEFAULT_PLUGINS import no
-torch, so a factory that stands in for a heavy one must keep its signature and docstring -- they are the
-option schema and the description -- or `rats plugins` and config validation would describe another
-component than the one that gets built."""
+torch; each factory exists once (its signature and docstring are the option schema and the description)
+and the heavy modules re-export it, so `rats plugins` describes the component that gets built."""
 
 from __future__ import annotations
 
 import importlib
-import inspect
 
 from rats_core.registry import _params
-
-
-def _implementation(target: str):
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def test_scenes_light_factories_match_the_real_ones():
-    from rats_plugins.scenes.plugin import IMPLEMENTATIONS
-
-    assert IMPLEMENTATIONS
-    for light, target in IMPLEMENTATIONS.items():
-        real = _implementation(target)
-        light_params = {n: (p.kind, p.default, p.annotation) for n, p in _params(light).items()}
-        real_params = {n: (p.kind, p.default, p.annotation) for n, p in _params(real).items()}
-        assert light_params == real_params, target
-        assert inspect.getdoc(light) == inspect.getdoc(real), target
 
 
 def test_heavy_modules_re_export_their_factories():
@@ -40,6 +21,11 @@ def test_heavy_modules_re_export_their_factories():
     hps = importlib.import_module("rats_plugins.rewards.hps")
     assert (hps.hpsv2, hps.hpsv2_1) == (rewards.hpsv2, rewards.hpsv2_1)
     assert importlib.import_module("rats_plugins.toy").ToyBackbone.__module__ == "rats_plugins.toy_model"
+    from rats_plugins.scenes import plugin as scenes
+
+    metrics = importlib.import_module("rats_plugins.scenes.metrics")
+    assert (metrics.scene_judge, metrics.scene_fid) == (scenes.scene_judge, scenes.scene_fid)
+    assert importlib.import_module("rats_plugins.scenes.attribute_reward").scene_attributes is scenes.scene_attributes
 
 
 def test_return_annotations_are_not_evaluated():
