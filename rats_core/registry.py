@@ -122,10 +122,13 @@ def _params(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     namespace = getattr(target, "__globals__", {})
     for name, p in params.items():
         if isinstance(p.annotation, str):
+            def holder(): ...  # noqa: E306 - carries one annotation for typing to resolve in the plugin's namespace
+            holder.__annotations__ = {name: p.annotation}
             try:
-                params[name] = p.replace(annotation=eval(p.annotation, namespace))  # noqa: S307 - the plugin's own annotation
+                resolved = typing.get_type_hints(holder, globalns=namespace, include_extras=True)[name]
             except (NameError, SyntaxError, TypeError, AttributeError):
-                pass
+                continue
+            params[name] = p.replace(annotation=resolved)
     return params
 
 
