@@ -210,11 +210,13 @@ def test_sigterm_saves_and_resume_finishes_identically(tmp_path, monkeypatch):
         return values
 
     monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     with pytest.raises(TrainingInterrupted) as info:
         run(cfg)
     assert "Run the same command again" in str(info.value)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [3]
-    assert signal.getsignal(signal.SIGTERM) is not None  # handlers restored
+    # the handlers from before the run are back (not the run's own, which would save a checkpoint)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
     monkeypatch.setattr(Trainer, "train_step", original)
     run(cfg)
     ref = write_config(tmp_path, "ref.yaml", output_dir=str(tmp_path / "ref"), train={"steps": 6, "checkpoint_every": 0})
