@@ -90,17 +90,20 @@ def consensus(annotators: list[list[dict]]) -> list[dict]:
     return out
 
 
-def grade_images(files: list[Path], prompts: list[str], judge: str) -> list[dict]:
-    import rats_core  # noqa: F401  (the CPU-torchvision guard)
+def load_images(files: list[Path]):
+    """The image files as one tensor ``[n, 3, H, W]`` in [0, 1]."""
     import torch
     from PIL import Image
 
+    return torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0)
+                        .permute(2, 0, 1) for f in files])
+
+
+def grade_images(files: list[Path], prompts: list[str], judge: str) -> list[dict]:
     from rats_plugins.scenes.metrics import SceneJudge
 
-    images = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0)
-                          .permute(2, 0, 1) for f in files])
     metric = SceneJudge() if judge == "rules" else SceneJudge(reader="cnn", path=judge)
-    return metric.grades(images, prompts)
+    return metric.grades(load_images(files), prompts)
 
 
 def accuracy_by_model(rows: list[dict], grades: list[dict] | None = None) -> dict:

@@ -21,7 +21,6 @@ object; about 3 minutes on one thread (the 50-step set is most of it).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -63,19 +62,16 @@ def measure(sets: dict[str, tuple], human: dict[str, float] | None = None) -> di
 
 
 def labelled_sets(folder: Path) -> tuple[dict, dict]:
-    import torch
-    from PIL import Image
+    """Per ``model`` of a labelled folder: its images and prompts, and the annotators' mean share of
+    fully right images (every CSV in the folder is one annotator; judge_agreement reads them)."""
+    from judge_agreement import load_images, load_labels
 
-    rows = list(csv.DictReader(open(folder / "rater1.csv" if (folder / "rater1.csv").is_file()
-                                    else next(folder.glob("*.csv")))))
+    annotators = [load_labels(f) for f in sorted(folder.glob("*.csv"))]
     sets, human = {}, {}
-    for model in sorted({r["model"] for r in rows}):
-        rs = [r for r in rows if r["model"] == model]
-        imgs = torch.stack([torch.from_numpy(np.asarray(Image.open(folder / r["file"]).convert("RGB"), dtype=np.float32)
-                                             / 255).permute(2, 0, 1) for r in rs])
-        sets[model] = (imgs, [r["prompt"] for r in rs])
-        votes = [[int(r["all_right"]) for r in csv.DictReader(open(f)) if r["model"] == model]
-                 for f in sorted(folder.glob("*.csv"))]
+    for model in sorted({r["model"] for r in annotators[0]}):
+        rows = [r for r in annotators[0] if r["model"] == model]
+        sets[model] = (load_images([r["file"] for r in rows]), [r["prompt"] for r in rows])
+        votes = [[r["all"] for r in rows_a if r["model"] == model] for rows_a in annotators]
         human[model] = round(float(np.mean(votes)), 4)
     return sets, human
 
