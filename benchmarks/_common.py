@@ -38,7 +38,7 @@ def scenes_base_samples(prompts_file: str, per_prompt: int, seed: int, pipeline:
     """The scenes world's base pipeline (:func:`scenes_pipeline`), the prompts file's prompts each
     ``per_prompt`` times, and fixed initial noise for them: ``(backbone, prompts, noise)``."""
     import rats_core  # noqa: F401  (the CPU-torchvision guard before diffusers)
-    from rats_core.evaluate import fixed_noise
+    from rats_core.evaluation.evaluate import fixed_noise
     from rats_core.prompts import load_prompts
     from rats_plugins.backbones.sd15 import sd15
 

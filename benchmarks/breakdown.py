@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from rats_core.config import load_config  # noqa: E402
-from rats_core.trainer import Trainer, batch_noise  # noqa: E402
+from rats_core.training.trainer import Trainer, batch_noise  # noqa: E402
 
 PHASES = ("encode_prompts", "teacher_rollout", "student_rollout", "teacher_continuation", "student_reward", "loss",
           "backward", "optimizer", "ema", "logging")  # teacher_continuation: 0 unless teacher.target=continuation

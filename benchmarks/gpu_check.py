@@ -50,7 +50,7 @@ PAPER = {"flux": {"s_per_step": 7.57, "peak_gb": 67.67, "hours_400_steps": 0.83}
 def _random_part(spec: dict, device: str, dtype):
     import torch
 
-    from rats_core.estimate import build_part
+    from rats_core.estimate.estimate import build_part
 
     torch.manual_seed(0)
     return build_part(spec, device=device, dtype=dtype)
@@ -69,7 +69,7 @@ def build_pipeline(name: str, device: str, dtype):
                            FluxPipeline, PixArtAlphaPipeline, PNDMScheduler, StableDiffusionPipeline,
                            StableDiffusionXLPipeline)
 
-    from rats_core.estimate import load_arch
+    from rats_core.estimate.estimate import load_arch
 
     parts = load_arch(name)["parts"]
     build = {role: _random_part(spec, device, dtype) for role, spec in parts.items()}
@@ -136,7 +136,7 @@ def write_rewards(folder: Path, names: list[str], tiny_models: bool, device: str
             else:
                 from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
 
-                from rats_core.estimate import load_arch
+                from rats_core.estimate.estimate import load_arch
 
                 model = _random_part(load_arch("pickscore")["parts"]["model"], device, None)
                 with torch.no_grad():
@@ -200,7 +200,7 @@ def official_imagereward_state(device: str = "cpu") -> dict:
     BERT-base with cross-attention, the MLP head), from the architecture in ``rats_plugins.archs``."""
     import re
 
-    from rats_core.estimate import load_arch
+    from rats_core.estimate.estimate import load_arch
 
     parts = load_arch("imagereward")["parts"]
     state = {}
@@ -249,8 +249,8 @@ def run_one(name: str, args: argparse.Namespace, overrides: list[str]) -> dict:
     import torch
 
     from rats_core.config import load_config
-    from rats_core.estimate import GiB, estimate
-    from rats_core.trainer import Trainer
+    from rats_core.estimate.estimate import GiB, estimate
+    from rats_core.training.trainer import Trainer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t_start = time.perf_counter()
@@ -344,7 +344,7 @@ def activation_check(args: argparse.Namespace) -> dict:
     import rats_core  # noqa: F401
     import torch
 
-    from rats_core import estimate as est
+    from rats_core.estimate import estimate as est
     from rats_core.config import load_config
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -490,7 +490,7 @@ def _flux_fits(args: argparse.Namespace) -> str | None:
     import torch
 
     from rats_core.config import load_config
-    from rats_core.estimate import GiB, estimate
+    from rats_core.estimate.estimate import GiB, estimate
 
     cfg = load_config(ROOT / "experiments" / "flux.yaml", list(args.overrides))
     e = estimate(cfg)

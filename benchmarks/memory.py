@@ -136,7 +136,7 @@ def _trainer(config: str, overrides: list[str], out: str):
 
     import rats_core  # noqa: F401
     from rats_core.config import load_config
-    from rats_core.trainer import Trainer
+    from rats_core.training.trainer import Trainer
 
     cfg = load_config(config, bench_overrides(out) + overrides)
     trainer = Trainer(cfg)

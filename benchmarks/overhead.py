@@ -39,8 +39,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from rats_core.config import load_config  # noqa: E402
-from rats_core.sigmas import ddim_step, initial_latents  # noqa: E402
-from rats_core.trainer import Trainer, batch_noise  # noqa: E402
+from rats_core.method.sigmas import ddim_step, initial_latents  # noqa: E402
+from rats_core.training.trainer import Trainer, batch_noise  # noqa: E402
 
 
 def bare_setup(trainer: Trainer):

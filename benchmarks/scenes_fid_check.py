@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     out = {"benchmark": "scenes_fid_check", "pipeline": scenes_pipeline(args.pipeline), "prompts": args.prompts}
     if args.steps:
         backbone, prompts, noise = scenes_base_samples(args.prompts, 1, args.seed, args.pipeline)
-        from rats_core.evaluate import generate
+        from rats_core.evaluation.evaluate import generate
 
         sets = {}
         for k in (int(s) for s in args.steps.split(",")):

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     backbone, prompts, noise = scenes_base_samples(args.prompts, args.per_prompt, args.seed, args.pipeline)
-    from rats_core.evaluate import generate
+    from rats_core.evaluation.evaluate import generate
     from rats_plugins.scenes.metrics import SceneFID, SceneJudge
 
     judge, fid = SceneJudge(), SceneFID()

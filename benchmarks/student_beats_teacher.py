@@ -9,8 +9,8 @@ scenes world, when it and its weights exist, else ``experiments/digits.yaml``; e
 with ``--runs``, reads the report.json of runs already made (e.g. seeds run side by side). Per seed
 and as mean ± sd over seeds: the held-out reward, judge accuracy (and per category) and FID of the
 student (K steps), its teacher (N steps), and the base model at K and at N steps (and at the other
-evaluated K). ``claim`` gives the three criteria over seeds (rats_core.verdict.across_seeds, the
-one rule of rats_core/stats.py): per-seed paired differences student − teacher with their 95 % t
+evaluated K). ``claim`` gives the three criteria over seeds (rats_core.evaluation.verdict.across_seeds, the
+one rule of rats_core/evaluation/stats.py): per-seed paired differences student − teacher with their 95 % t
 interval -- reward really better, judge accuracy and FID not worse beyond their margins --, the fair
 test in every seed, reward hacking, and the bottom line; a seed's ``student_beats_teacher`` is its
 reward criterion as the rule reads it (really better on the paired per-image test).
@@ -46,7 +46,7 @@ def scenes_or_default(config: str | None) -> str | None:
 
 def summarise(reports: list[tuple[int, dict]]) -> dict:
     """Per-seed rows, mean ± sd per column, and the three criteria over seeds."""
-    from rats_core.verdict import across_seeds, verdict
+    from rats_core.evaluation.verdict import across_seeds, verdict
 
     per_seed = []
     for seed, report in reports:
@@ -102,7 +102,7 @@ TABLE_COLUMNS = ("reward", "judge_accuracy", "judge_count", "judge_colour", "jud
 def ablation_table(specs: list[str]) -> int:
     """Markdown rows per variant: the K-step student's held-out numbers, mean ± sd over its runs, then
     the teacher's and the base model's at K and N of the first variant as reference rows."""
-    from rats_core.verdict import verdict
+    from rats_core.evaluation.verdict import verdict
 
     rows, refs = [], None
     for spec in specs:
@@ -131,7 +131,7 @@ def ablation_table(specs: list[str]) -> int:
                          + " | | |")
     for name, students, reports in rows:
         teachers = [r["held_out"]["teacher"] for r in reports if "teacher" in r["held_out"]]
-        # the rule of rats_core/stats.py, recomputed (a report.json written before it had another)
+        # the rule of rats_core/evaluation/stats.py, recomputed (a report.json written before it had another)
         verdicts = [verdict(r["held_out"], per_image=r.get("per_image")) for r in reports]
         wins = sum(bool(v and v["reward"]["status"] == "yes") for v in verdicts)
         flags = sum(bool(v and v["reward_hacking"]["flag"]) for v in verdicts)
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     # `python -m rats_core.cli` knows only the commands defined in cli.py itself (the others register on
-    # the imported rats_core.cli module, not on __main__), so call the `rats` entry point's function.
+    # the imported rats_core.cli.main module, not on __main__), so call the `rats` entry point's function.
     cmd = [sys.executable, "-c", "import sys; from rats_core.cli import main; sys.exit(main())", "ablate", str(config), "--only", "rats", "--seeds", args.seeds,
            f"output_dir={root}", "train.progress=false", *args.overrides]
     progress("student_beats_teacher: rats " + " ".join(cmd[3:]))

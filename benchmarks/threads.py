@@ -33,7 +33,7 @@ import json, sys, time, tempfile
 import rats_core
 import torch
 from rats_core.config import load_config
-from rats_core.trainer import Trainer
+from rats_core.training.trainer import Trainer
 threads, steps, budget = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 out = tempfile.mkdtemp()
 overrides = ["train.steps=1000", "train.progress=false", "eval.at_end=false", "eval.every=0",

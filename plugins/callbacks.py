@@ -1,6 +1,6 @@
 """The built-in training callbacks: what every run does besides the loop and the objective.
 
-The trainer turns these on from the config (rats_core/callbacks.py: ``default_callbacks``) before the
+The trainer turns these on from the config (rats_core/training/callbacks.py: ``default_callbacks``) before the
 config's own ``callbacks:`` list; they are registered through the same hook as third-party ones.
 
 ========================  =====================================================  ==================
@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from rats_core import hookimpl
-from rats_core.callbacks import RunState
+from rats_core.training.callbacks import RunState
 
 log = logging.getLogger("rats")
 
@@ -48,7 +48,7 @@ class Progress:
 
     def fit_start(self, state: RunState) -> None:
         if state.step < state.total_steps:
-            from rats_core.progress import progress_bar
+            from rats_core.training.progress import progress_bar
 
             self.bar = progress_bar(total=state.total_steps, initial=state.step, desc="rats", unit="step")
 
@@ -184,7 +184,7 @@ class PeriodicEval:
     def step_end(self, state: RunState, metrics: dict[str, float]) -> None:
         if state.step % self.every:
             return
-        from rats_core.evaluate import training_eval
+        from rats_core.evaluation.evaluate import training_eval
 
         trainer = state.trainer
         values = training_eval(trainer)
@@ -218,7 +218,9 @@ class Export:
     rank_zero_only = False  # a barrier after rank 0's export
 
     def fit_end(self, state: RunState, result: Any) -> None:
-        result.export_dir = state.trainer.export()
+        from rats_core.evaluation.export import export_trained
+
+        result.export_dir = export_trained(state.trainer)
 
 
 class Report:
@@ -229,7 +231,7 @@ class Report:
     rank_zero_only = False  # sampling is collective under ZeRO-3
 
     def fit_end(self, state: RunState, result: Any) -> None:
-        from rats_core.evaluate import end_of_run_report
+        from rats_core.evaluation.evaluate import end_of_run_report
 
         report_md = Path(state.output_dir) / "report.md"
         if getattr(state.trainer, "already_finished", False) and report_md.is_file():

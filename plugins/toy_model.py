@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from rats_core.sigmas import x0_from_eps, x0_from_flow, ve_model_input
+from rats_core.method.sigmas import x0_from_eps, x0_from_flow, ve_model_input
 
 
 def _prompt_features(prompts: Sequence[str], dim: int) -> Tensor:
@@ -99,7 +99,7 @@ class ToyBackbone:
             if any("lora_" in name for name, _ in denoiser.named_parameters()):
                 import copy
 
-                from rats_core.export import merge_lora
+                from rats_core.evaluation.export import merge_lora
 
                 denoiser = merge_lora(copy.deepcopy(denoiser))  # on a copy: training may go on
             state = denoiser.state_dict()

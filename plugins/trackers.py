@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rats_core import hookimpl
-from rats_core.callbacks import RunState
+from rats_core.training.callbacks import RunState
 from rats_core.errors import ConfigError
 
 WANDB_ID_FILE = "wandb_run_id.txt"

@@ -18,9 +18,23 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import ConfigError, UnknownComponentError
-from .registry import format_validation_error
-from .stats import Margins
+from rats_core.errors import ConfigError, UnknownComponentError
+from rats_core.registry.catalogue import format_validation_error
+
+
+class Margins(BaseModel):
+    """How far a "not worse" criterion may fall behind and still hold (config key ``eval.verdict``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: judge accuracy: the student holds when its accuracy is not below the other's by this much (95 %)
+    judge: float = Field(default=0.02, ge=0)
+    #: FID: a fraction of the teacher's mean FID the student's may exceed it by (over seeds)
+    fid: float = Field(default=0.02, ge=0)
+    #: resamples of the paired reward bootstrap
+    resamples: int = Field(default=2000, ge=100)
+    #: seed of the bootstrap (fixed: the same numbers give the same interval)
+    seed: int = 0
 
 
 class _Strict(BaseModel):
@@ -165,7 +179,7 @@ class TrainConfig(_Strict):
     #: ``cpu`` or ``cuda``; default: cuda when available
     device: str | None = None
     #: CPU threads of torch: ``auto`` (as many as cores are free of other processes, at least 1, re-checked
-    #: every 30 s), N, or 0 for torch's default (one per core; slow on a busy machine, see rats_core/threads.py)
+    #: every 30 s), N, or 0 for torch's default (one per core; slow on a busy machine, see rats_core/training/threads.py)
     threads: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
     progress: bool = True
     #: log the wall time of each phase of a step (teacher/student rollout, reward, backward, optimizer,
@@ -213,7 +227,7 @@ class EvalConfig(_Strict):
     #: what the evaluation computes in: ``train`` (default) as the training step did (``train.precision``:
     #: bf16 autocast for a bf16 run), ``fp32`` without autocast; the report says which
     precision: Literal["train", "fp32"] = "train"
-    #: the verdict's margins and bootstrap (rats_core/stats.py): judge, fid, resamples, seed
+    #: the verdict's margins and bootstrap (rats_core/evaluation/stats.py): judge, fid, resamples, seed
     verdict: Margins = Field(default_factory=Margins)
 
 
@@ -438,7 +452,7 @@ def drop_foreign_options(data: dict[str, Any], overrides: list[str]) -> list[str
             continue
         given = {k[len(where) + 1 :].split(".")[0] for k in keys if k.startswith(where + ".")}
         if registry is None:
-            from .plugins import get_registry
+            from rats_core.registry.plugins import get_registry
 
             registry = get_registry()
         try:
@@ -612,8 +626,8 @@ def _indent(text: str) -> str:
 
 def check_components(cfg: RatsConfig, source: str = "config") -> None:
     """Check that every named component exists and its options validate (what `rats validate` does)."""
-    from .plugins import get_registry
-    from .weights import remember_config, settle_hub
+    from rats_core.registry.plugins import get_registry
+    from rats_core.weights import remember_config, settle_hub
 
     registry = get_registry()
     # before any component is built: one Hub probe decides offline mode for every model loader
@@ -637,7 +651,7 @@ def check_components(cfg: RatsConfig, source: str = "config") -> None:
             check("metrics", m, f"eval.metrics.{i}")
         for i, c in enumerate(cfg.callbacks):
             check("callbacks", c, f"callbacks.{i}")
-        from .prompts import load_prompts
+        from rats_core.prompts import load_prompts
 
         load_prompts(cfg.data.prompts, cfg.base_dir, "data.prompts")
         for key, spec in (("data.eval_prompts", cfg.data.eval_prompts), ("eval.prompts", cfg.eval.prompts)):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .errors import ConfigError
+from rats_core.errors import ConfigError
 
 #: a small general-purpose evaluation list, used when nothing else is configured
 DEFAULT_PROMPTS = [

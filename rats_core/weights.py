@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import RatsError, WeightsNotFoundError
+from rats_core.errors import RatsError, WeightsNotFoundError
 
 PROBE_TIMEOUT = 3.0
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -162,7 +162,7 @@ def _resolve_paths(cfg: Any, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build(cfg: Any, where: str, kind: str, section: Any) -> Any:
-    from .plugins import get_registry
+    from rats_core.registry.plugins import get_registry
 
     options = _resolve_paths(cfg, section.options) if kind != "metrics" else section.options
     return get_registry().build(kind, section.name, options, where)

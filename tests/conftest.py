@@ -23,7 +23,7 @@ def _seed():
 @pytest.fixture
 def fresh_plugins(monkeypatch):
     """A plugin manager loaded anew for this test and reset afterwards."""
-    from rats_core import plugins
+    from rats_core.registry import plugins
 
     plugins.reset()
     yield plugins

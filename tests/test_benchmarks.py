@@ -17,7 +17,7 @@ import torch
 
 from rats_core.config import load_config
 from rats_core.errors import ConfigError
-from rats_core.trainer import Trainer
+from rats_core.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -104,7 +104,7 @@ def test_student_beats_teacher_reports_over_seeds():
     assert out["runs"] == 1 and out["seeds"] == [0]
     assert {"student_reward", "teacher_reward", "base_reward"} <= set(out["summary"])
     assert isinstance(out["student_beats_teacher"], int)
-    # the claim by the verdict's rule (rats_core/stats.py): the toy world has no base-at-N judge, so no fair test
+    # the claim by the verdict's rule (rats_core/evaluation/stats.py): the toy world has no base-at-N judge, so no fair test
     assert out["claim"]["bottom_line"]["status"] == "not testable"
     assert out["claim"]["reward"]["test"].startswith("paired bootstrap")  # one seed: that run's paired test
 
@@ -194,7 +194,7 @@ def test_teacher_cache_trains_exactly_like_recomputing_the_frozen_teacher(tmp_pa
 
 
 def test_noise_pool_cycles_the_batches(tmp_path, monkeypatch):
-    import rats_core.trainer as tr
+    import rats_core.training.trainer as tr
 
     indices = []
     real = tr.batch_noise
@@ -257,7 +257,7 @@ def test_gpu_check_assembles_each_full_size_pipeline(name):
     sys.path.insert(0, str(BENCH))
     import gpu_check
 
-    from rats_core.estimate import build_part, count_params, load_arch
+    from rats_core.estimate.estimate import build_part, count_params, load_arch
 
     pipe = gpu_check.build_pipeline(name, "meta", None)
     denoiser = pipe.unet if name in ("sd15", "sdxl") else pipe.transformer
@@ -270,7 +270,7 @@ def test_gpu_check_writes_imagereward_in_the_official_layout():
     sys.path.insert(0, str(BENCH))
     import gpu_check
 
-    from rats_core.estimate import build_part, load_arch
+    from rats_core.estimate.estimate import build_part, load_arch
     from rats_plugins.rewards.imagereward import map_official_state_dict
 
     parts = map_official_state_dict(gpu_check.official_imagereward_state("meta"))

@@ -1,4 +1,4 @@
-"""Training events and callbacks (rats_core/callbacks.py): a third-party callback package found by entry
+"""Training events and callbacks (rats_core/training/callbacks.py): a third-party callback package found by entry
 point, failures named by plugin without losing a checkpoint, and the W&B / MLflow trackers offline."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rats_core import checkpoint as ckpt
+from rats_core.training import checkpoint as ckpt
 from rats_core.cli import run_main
 
 REPO = Path(__file__).resolve().parents[1]

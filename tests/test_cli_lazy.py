@@ -74,7 +74,7 @@ def test_a_valid_config_validates_without_torch():
 
 def test_a_gpu_config_validates_without_torch_on_a_machine_without_gpu():
     """sdxl.yaml leaves train.device unset: whether it would fit a GPU is asked only where one may be."""
-    from rats_core.cli import _may_use_gpu
+    from rats_core.cli.main import _may_use_gpu
     from rats_core.config import load_config
 
     if _may_use_gpu(load_config(REPO / "experiments/sdxl.yaml")):

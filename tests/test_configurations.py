@@ -35,7 +35,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from rats_core import checkpoint as ckpt
+from rats_core.training import checkpoint as ckpt
 
 _spec = importlib.util.spec_from_file_location("tiny_pipelines", Path(__file__).parent / "plugins" / "tiny_pipelines.py")
 tiny = importlib.util.module_from_spec(_spec)
@@ -168,7 +168,7 @@ def test_lora_on_a_bf16_base_keeps_the_base_in_bf16_and_adapters_in_float32(sd15
     """In the live trainer: frozen base weights stay as loaded (bf16), adapters and teacher are float32,
     and a LoRA teacher below ZeRO-3 shares the student's frozen tensors instead of copying them."""
     from rats_core.config import load_config
-    from rats_core.trainer import Trainer
+    from rats_core.training.trainer import Trainer
 
     path = write(tmp_path, "cfg", config(sd15, tmp_path / "run", "bf16", "lora", 0, 1))
     trainer = Trainer(load_config(path))
@@ -191,8 +191,8 @@ def test_zero3_partitions_student_and_teacher_on_two_ranks(sd15, tmp_path):
     script.write_text(
         "import json, sys, torch.distributed as dist\n"
         "from rats_core.config import load_config\n"
-        "from rats_core.trainer import Trainer\n"
-        "from rats_core.zero import shard_bytes\n"
+        "from rats_core.training.trainer import Trainer\n"
+        "from rats_core.parallel.zero import shard_bytes\n"
         "t = Trainer(load_config(sys.argv[1])); t.setup()\n"
         "out = {'student': shard_bytes(t.student), 'teacher': shard_bytes(t.teacher.module)}\n"
         "t.cleanup(); print('PROBE', json.dumps(out)); dist.barrier()\n"

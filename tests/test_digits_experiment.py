@@ -33,7 +33,7 @@ def test_digits_experiment_short_run_writes_the_report(tmp_path, capsys):
         assert 0.0 <= held[who]["judge_accuracy"] <= 1.0 and held[who]["fid"] >= 0.0
     assert "overtake_step" in report
     # issue 16: a verdict per criterion and a reward-hacking flag, not one student_beats_teacher boolean
-    # issue 28: every criterion by the one rule of rats_core/stats.py, paired per image, and a bottom line
+    # issue 28: every criterion by the one rule of rats_core/evaluation/stats.py, paired per image, and a bottom line
     verdict = report["verdict"]
     for criterion in ("reward", "judge", "realism"):
         assert verdict[criterion]["status"] in ("yes", "no", "within noise", "not testable"), criterion
@@ -61,7 +61,7 @@ def test_digits_experiment_short_run_writes_the_report(tmp_path, capsys):
 def test_rats_eval_grid_is_framed_by_the_judge(tmp_path, monkeypatch, capsys):
     """`rats eval` asks the configured judge metric for its marks of the grid's images (as the end-of-run
     report does) and hands them to the grid."""
-    from rats_core import report
+    from rats_core.evaluation import report
     from rats_core.cli import main
 
     seen = {}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from rats_core import estimate as est
+from rats_core.estimate import estimate as est
 from rats_core.cli import main
 from rats_core.config import load_config
 
@@ -361,7 +361,7 @@ def test_validate_line_never_fails_the_validation(tiny_sd15, monkeypatch):
 
 
 def test_estimate_ranks_default_to_the_launcher_or_one_and_eight(monkeypatch):
-    from rats_core.estimate import default_ranks
+    from rats_core.estimate.estimate import default_ranks
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert default_ranks(None) == (1, 8)  # one rank alone makes ZeRO-3 look the worst choice

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from rats_core import checkpoint as ckpt
+from rats_core.training import checkpoint as ckpt
 from rats_core.cli import main
 from rats_core.config import load_config
 from rats_core.errors import CheckpointError, RunFolderError
-from rats_core.runs import load_run
-from rats_core.trainer import train
+from rats_core.evaluation.runs import load_run
+from rats_core.training.trainer import train
 from rats_plugins.toy import ToyDenoiser
 
 RUN_CONFIG = """\
@@ -140,9 +140,9 @@ def test_eval_prompt_sets(runs, tmp_path):
 
 def test_compare_scores_metrics_and_the_report_draws_them(tmp_path):
     """Set-level metrics (eval.metrics) get their own column and panel; no training needed."""
-    from rats_core.evaluate import Variant, compare
-    from rats_core.report import write_eval_report
-    from rats_core.rewards import RewardSet, WeightedReward
+    from rats_core.evaluation.evaluate import Variant, compare
+    from rats_core.evaluation.report import write_eval_report
+    from rats_core.method.rewards import RewardSet, WeightedReward
     from rats_plugins.toy import Brightness, ToyBackbone
 
     bb = ToyBackbone()

@@ -11,8 +11,8 @@ import warnings
 import pytest
 import torch
 
-from rats_core import progress
-from rats_core.report import metric_axis_label, metric_direction, reward_vs_nfe, save_image, write_eval_report
+from rats_core.training import progress
+from rats_core.evaluation.report import metric_axis_label, metric_direction, reward_vs_nfe, save_image, write_eval_report
 
 
 def test_plain_progress_lines_when_not_a_terminal(monkeypatch):
@@ -168,7 +168,7 @@ def test_grid_marks_each_image_with_the_judges_verdict(tmp_path, saved_figure):
     """A judge metric's marks frame each image green (right) or red (wrong, with what was wrong)."""
     import numpy as np
 
-    from rats_core.report import image_grid
+    from rats_core.evaluation.report import image_grid
 
     images = {"base": torch.rand(2, 3, 32, 32), "student": torch.rand(2, 3, 32, 32)}
     marks = {"base": [(False, "count, shape"), (True, "")], "student": [(True, ""), (True, "")]}
@@ -190,7 +190,7 @@ def test_library_progress_bars_leave_logs_but_not_terminals(monkeypatch):
 
     from diffusers.utils import logging as dlog
 
-    from rats_core import progress
+    from rats_core.training import progress
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -212,7 +212,7 @@ def test_library_progress_bars_leave_logs_but_not_terminals(monkeypatch):
 
 
 def test_report_rows_read_base_teacher_student_by_steps():
-    from rats_core.report import markdown_table
+    from rats_core.evaluation.report import markdown_table
 
     results = {k: {"steps": s, "reward": 1.0} for k, s in (
         ("base", 2), ("base_teacher_steps", 50), ("teacher", 50), ("student", 2),
@@ -226,7 +226,7 @@ def test_report_rows_read_base_teacher_student_by_steps():
 def test_a_metric_whose_marks_fail_is_named():
     """marks() that raises, or returns the wrong number of marks, stops with a PluginError naming the metric."""
     from rats_core.errors import PluginError
-    from rats_core.interfaces import metric_marks
+    from rats_core.registry.interfaces import metric_marks
 
     class Raises:
         def __call__(self, images, prompts):
@@ -256,7 +256,7 @@ def _grey_video(frames: int = 5, side: int = 4) -> torch.Tensor:
 
 
 def test_a_video_is_shown_as_its_first_middle_and_last_frame():
-    from rats_core.report import frame_strip
+    from rats_core.evaluation.report import frame_strip
 
     video = _grey_video()
     strip = frame_strip(video)
@@ -287,7 +287,7 @@ def test_a_video_is_saved_as_an_animated_gif_or_a_frame_strip_png(tmp_path):
 
 
 def test_a_grid_of_videos_shows_frame_strips_and_says_which_frames(tmp_path, saved_figure):
-    from rats_core.report import image_grid
+    from rats_core.evaluation.report import image_grid
 
     videos = torch.stack([_grey_video(), 1 - _grey_video()])
     image_grid({"student": videos}, ["a", "b"], tmp_path / "g.png", rows={"student": "student"}, title="Samples")
@@ -300,7 +300,7 @@ def test_a_grid_of_videos_shows_frame_strips_and_says_which_frames(tmp_path, sav
 
 def test_metrics_see_video_frames_as_images_unless_they_score_video():
     """As image rewards do: 8 evenly spaced frames of each video, each with its video's prompt."""
-    from rats_core.evaluate import run_metrics
+    from rats_core.evaluation.evaluate import run_metrics
 
     seen = {}
 
@@ -323,7 +323,7 @@ def test_metrics_see_video_frames_as_images_unless_they_score_video():
 
 
 def test_a_judge_marks_a_video_wrong_when_any_judged_frame_is_wrong():
-    from rats_core.evaluate import grid_marker
+    from rats_core.evaluation.evaluate import grid_marker
 
     class Judge:
         def __call__(self, images, prompts):

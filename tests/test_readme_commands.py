@@ -167,7 +167,7 @@ def test_doc_command(command, request, monkeypatch, capsys):
     reason = _reason_not_run(command)
     if reason is not None:
         pytest.skip(f"not run here: {reason}")
-    from rats_core import plugins
+    from rats_core.registry import plugins
     from rats_core.cli import main, run_main
 
     words = _words(command)

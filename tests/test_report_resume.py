@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from rats_core.config import load_config
-from rats_core.report import overtake_step, run_history, stays_ahead
-from rats_core.trainer import Trainer, train
+from rats_core.evaluation.report import overtake_step, run_history, stays_ahead
+from rats_core.training.trainer import Trainer, train
 
 BASE = {
     "seed": 0,

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from rats_core import threads as th
+from rats_core.training import threads as th
 from rats_core.config import load_config
 from rats_core.errors import ConfigError, UsageError
 
@@ -144,7 +144,7 @@ def test_auto_on_a_machine_whose_cores_are_all_busy_takes_one_thread():
 
 
 def test_trainer_applies_train_threads(tmp_path, toy_config):
-    from rats_core.trainer import Trainer
+    from rats_core.training.trainer import Trainer
 
     torch.set_num_threads(2)
     cfg = load_config(toy_config, [f"output_dir={tmp_path / 'run'}", "train.threads=1", "eval.at_end=false",

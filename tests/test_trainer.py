@@ -15,11 +15,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from rats_core import checkpoint as ckpt
+from rats_core.training import checkpoint as ckpt
 from rats_core.cli import main
 from rats_core.config import load_config
 from rats_core.errors import CheckpointError, ConfigError, PluginError, TrainingError
-from rats_core.trainer import Trainer, TrainingInterrupted, train
+from rats_core.training.trainer import Trainer, TrainingInterrupted, train
 
 BASE = {
     "seed": 0,
@@ -226,7 +226,7 @@ def test_sigterm_saves_and_resume_finishes_identically(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    from rats_core.objective import RatsObjective
+    from rats_core.method.objective import RatsObjective
 
     cfg = write_config(tmp_path, train={"steps": 6, "checkpoint_every": 2})
     original = RatsObjective.__call__
@@ -297,7 +297,7 @@ def test_resume_never_refuses_existing_checkpoints(tmp_path):
 
 
 def test_second_run_on_a_busy_output_dir_is_refused(tmp_path):
-    from rats_core.trainer import RunLock
+    from rats_core.training.trainer import RunLock
 
     out = tmp_path / "run"
     lock = RunLock(out)
@@ -378,7 +378,7 @@ def test_two_processes_zero2_match_one_process(tmp_path):
 def test_end_of_run_evaluation_runs_in_the_training_precision(tmp_path, monkeypatch, chosen, expected):
     """A bf16 run is evaluated under bf16 autocast by default (eval.precision: train), in float32
     without autocast with eval.precision: fp32; report.json and report.md say which."""
-    from rats_core import evaluate
+    from rats_core.evaluation import evaluate
 
     seen = []
     real = evaluate.score
@@ -417,7 +417,7 @@ def test_gate_warns_once_when_tau_is_far_above_the_reward_gaps(tmp_path, caplog)
 
 
 def test_gate_check_stays_quiet_when_the_gate_moves(tmp_path, caplog):
-    from rats_core.gate_check import GateCheck, suggested_tau
+    from rats_core.training.gate_check import GateCheck, suggested_tau
 
     cfg = load_config(write_config(tmp_path))  # tau 0.05 with gaps of about 0.1: the gate saturates
     check = GateCheck(cfg)

@@ -1,4 +1,4 @@
-"""The verdict (rats_core/verdict.py) under the one rule of rats_core/stats.py: paired per-image tests,
+"""The verdict (rats_core/evaluation/verdict.py) under the one rule of rats_core/evaluation/stats.py: paired per-image tests,
 per-seed paired differences, margins, "within noise" that neither reads no nor flags reward hacking,
 the fair test and the bottom line. The numbers are built by hand so the expected reading is known."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from rats_core.verdict import across_seeds, markdown, summary_line, verdict, verdict_line
+from rats_core.evaluation.verdict import across_seeds, markdown, summary_line, verdict, verdict_line
 
 
 def _entry(reward, judge, fid, n=200, ci=0.01):
@@ -202,7 +202,7 @@ def test_a_toy_run_writes_per_image_data_and_opens_report_md_with_the_verdict(tm
     import json
 
     from rats_core.config import validate_config
-    from rats_core.trainer import train
+    from rats_core.training.trainer import train
 
     cfg = validate_config({
         "seed": 0, "output_dir": str(tmp_path / "run"), "backbone": {"name": "toy"},
@@ -231,8 +231,8 @@ def test_a_toy_run_writes_per_image_data_and_opens_report_md_with_the_verdict(tm
 def test_judge_right_prefers_grades_then_marks_and_ablate_reads_old_and_new_reports():
     import torch
 
-    from rats_core.ablate import _summary, summarise
-    from rats_core.evaluate import judge_right
+    from rats_core.evaluation.ablate import _summary, summarise
+    from rats_core.evaluation.evaluate import judge_right
 
     class Graded:
         def grades(self, images, prompts):

@@ -7,7 +7,7 @@
 * scheduler: diffusers ``EulerDiscreteScheduler``, scaled-linear betas, ``timestep_spacing="trailing"``
   (every schedule starts at σ_max ≈ 14.6, even with one step).
 
-Seen by RATS through the :class:`rats_core.interfaces.Backbone` protocol with ``interpolation="ve"``.
+Seen by RATS through the :class:`rats_core.registry.interfaces.Backbone` protocol with ``interpolation="ve"``.
 
 Model folder (the shipped ``weights/`` folder and every :meth:`DigitsBackbone.export` have this form)::
 
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from rats_core.errors import WeightsNotFoundError
-from rats_core.sigmas import ve_model_input, x0_from_eps
+from rats_core.method.sigmas import ve_model_input, x0_from_eps
 
 from .text_encoder import DigitsTextEncoder
 
@@ -176,7 +176,7 @@ class DigitsBackbone:
         base folder; pass that folder as ``backbone.path`` to load base + adapter.
         ``steps`` is recorded as ``default_steps`` in ``rats_digits.json``.
         """
-        from rats_plugins.backbones._diffusers_common import (
+        from rats_plugins.backbones.lora import (
             lora_layers, lora_state_dict, merged_copy, save_peft_adapter, unwrap_denoiser,
         )
 

@@ -23,7 +23,7 @@ from .rewards import load_frozen_classifier
 
 class DigitJudge:
 
-    #: prompts this component understands (see rats_core.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
+    #: prompts this component understands (see rats_core.registry.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
     example_prompts = ["a handwritten 7", "the digit zero"]
     def __init__(self, path: str | Path | None = None):
         self.model = load_frozen_classifier(path, "judge", "digit-judge metric")
@@ -44,7 +44,7 @@ class DigitJudge:
 
 class DigitFID:
 
-    #: prompts this component understands (see rats_core.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
+    #: prompts this component understands (see rats_core.registry.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
     example_prompts = ["a handwritten 7", "the digit zero"]
     def __init__(self, path: str | Path | None = None):
         self.model = load_frozen_classifier(path, "judge", "digit-fid metric")

@@ -174,7 +174,7 @@ def _store_half(path: Path) -> None:
 def evaluate_base(out: Path, steps_list=(2, 50), images_per_prompt: int = 4, seed: int = 1234,
                   guidance_scale: float = 1.0) -> dict:
     """Judge accuracy, digit-confidence reward and FID of the base on held-out prompts."""
-    from rats_core.rollout import sample
+    from rats_core.method.rollout import sample
 
     from .backbone import DigitsBackbone
     from .metrics import DigitFID, DigitJudge

@@ -47,7 +47,7 @@ def load_frozen_classifier(path: str | Path | None, part: str, who: str):
 class DigitConfidence:
     """``log p(prompt's digit | image)`` (or ``p``) under the frozen reward classifier; differentiable."""
 
-    #: prompts this component understands (see rats_core.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
+    #: prompts this component understands (see rats_core.registry.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
     example_prompts = ["a handwritten 7", "the digit zero"]
 
     def __init__(self, path: str | Path | None = None, score: str = "log_prob"):
@@ -69,7 +69,7 @@ class DigitConfidence:
 class DigitSharpness:
     """``mean |2·pixel − 1|`` over the grey image: 1 for pure ink/paper, 0 for flat grey."""
 
-    #: prompts this component understands (see rats_core.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
+    #: prompts this component understands (see rats_core.registry.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
     example_prompts = ["a handwritten 7", "the digit zero"]
 
     def __call__(self, images: Tensor, prompts: Sequence[str]) -> Tensor:

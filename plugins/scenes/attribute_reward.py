@@ -42,7 +42,7 @@ MARGIN_CAP = 0.15
 class SceneAttributes:
     """How well a (second, frozen) attribute judge's reading of the image matches the prompt."""
 
-    #: prompts this component understands (see rats_core.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
+    #: prompts this component understands (see rats_core.registry.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
     example_prompts = ["two red circles", "a blue square left of a yellow triangle"]
 
     def __init__(self, path: str | Path, relation_weight: float = 5.0):
@@ -78,6 +78,3 @@ class SceneAttributes:
             score = score + torch.stack(bonus)
         return score
 
-
-# the registered factory (light, in plugin.py), importable from here as before
-from .plugin import scene_attributes  # noqa: E402,F401

@@ -84,7 +84,7 @@ class SceneJudge:
     validated against people by benchmarks/judge_agreement.py) or from a learnt judge's folder
     (``reader="cnn"``; the pre-2026-12 default, which reads generated images at chance)."""
 
-    #: prompts this component understands (see rats_core.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
+    #: prompts this component understands (see rats_core.registry.interfaces.EXAMPLE_PROMPTS_ATTRIBUTE)
     example_prompts = ["two red circles", "a blue square left of a yellow triangle"]
 
     def __init__(self, reader: str = "rules", path: str | Path | None = None):
@@ -168,6 +168,3 @@ class SceneFID:
         mu, cov = _stats(self.features(images))
         return {"fid": frechet_distance(mu, cov, *self.reference(prompts))}
 
-
-# the registered factories (light, in plugin.py), importable from here as before
-from .plugin import scene_fid, scene_judge  # noqa: E402,F401

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import world
-from .pretrain import STREAM, cosine_lr, log
+from .stages import STREAM, cosine_lr, log
 
 MAX_TOKENS = 16
 #: CLIP's pixel normalisation (what the reward CLIP's preprocessor_config.json says and pickscore applies)
@@ -506,7 +506,7 @@ def train_clip(out: Path, seed: int, steps: int, batch: int = 96, negatives: int
 
 
 def evaluate_pipeline(out: Path, seed: int, steps=(1, 2, 4, 50), guidance: float = 3.0, per_prompt: int = 2) -> dict:
-    from rats_core.evaluate import fixed_noise, generate
+    from rats_core.evaluation.evaluate import fixed_noise, generate
     from rats_plugins.backbones.sd15 import sd15
 
     from .metrics import SceneFID, SceneJudge

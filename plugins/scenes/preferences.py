@@ -34,7 +34,7 @@ from torch import Tensor
 from . import world
 from .judge import grade_reading, read
 from .metrics import load_frozen_judge, refuse_evaluation_judge
-from .pretrain import STREAM, cosine_lr, log
+from .stages import STREAM, cosine_lr, log
 
 
 def mistakes(judge, images: Tensor, prompts: list[str]) -> np.ndarray:
@@ -60,7 +60,7 @@ def sample_generator(pipeline: Path, prompts: list[str], steps: tuple[int, ...],
     """The base generator's images of ``prompts`` through the stock ``sd15`` backbone and rats'
     sampler (the one training uses): ``per_prompt`` images a prompt, split over ``steps``, each from
     its own noise; returned grouped by prompt (``per_prompt`` consecutive images each)."""
-    from rats_core.evaluate import generate
+    from rats_core.evaluation.evaluate import generate
     from rats_plugins.backbones.sd15 import sd15
 
     backbone = sd15(str(pipeline), device="cpu")

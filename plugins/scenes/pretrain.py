@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -67,22 +66,10 @@ import torch.nn.functional as F
 import rats_core  # noqa: F401  (installs the CPU-torchvision guard before diffusers is imported)
 
 from . import world
+from .stages import STREAM, cosine_lr, log  # noqa: F401  (the stages' shared pieces)
 from .judge import JudgeNet, counts_and_centres, density_target, grade, save_judge, summarise
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-STREAM = {"generator": 1, "clip": 2, "judge": 3, "eval": 4}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def cosine_lr(opt, base: float, step: int, total: int, warmup: int = 100) -> None:
-    lr = base * min(1.0, step / warmup) * (0.5 * (1 + math.cos(math.pi * min(1.0, step / total))) * 0.95 + 0.05)
-    for g in opt.param_groups:
-        g["lr"] = lr
-
-
 # ----------------------------------------------------------------------------- judge
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from rats_core.sigmas import initial_latents
+from rats_core.method.sigmas import initial_latents
 
 
 @pytest.fixture(autouse=True)

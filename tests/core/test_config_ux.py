@@ -13,7 +13,7 @@ from typing import Annotated
 from rats_core.cli import main
 from rats_core.config import drop_foreign_options, load_config
 from rats_core.errors import ConfigError
-from rats_core.registry import format_validation_error, param_docs, suggest
+from rats_core.registry.catalogue import format_validation_error, param_docs, suggest
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "experiments" / "digits.yaml"

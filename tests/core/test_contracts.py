@@ -2,7 +2,7 @@
 
 Whatever registers a gate, horizon schedule, reward, backbone or metric — a built-in or an installed
 third-party plugin — is built with its default options (or the example options in ``EXAMPLE_OPTIONS``)
-and checked against its protocol in rats_core/interfaces.py. A new plugin is tested the moment it
+and checked against its protocol in rats_core/registry/interfaces.py. A new plugin is tested the moment it
 registers. Components that cannot be built here (they need weights, or a required option with no
 example below) are skipped with the reason; their authors test them with tiny weights.
 """
@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from rats_core.errors import WeightsNotFoundError
-from rats_core.plugins import get_registry
-from rats_core.registry import KINDS
-from rats_core.shaping import validate_horizons
-from rats_core.sigmas import initial_latents
+from rats_core.registry.plugins import get_registry
+from rats_core.registry.catalogue import KINDS
+from rats_core.method.shaping import validate_horizons
+from rats_core.method.sigmas import initial_latents
 
 #: (kind, name) -> options to build with, for components whose factories require options.
 EXAMPLE_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
@@ -119,7 +119,7 @@ def check_metric(metric) -> None:
     for key, value in out.items():
         assert isinstance(key, str) and isinstance(value, float) and not math.isnan(value), (key, value)
     if callable(getattr(metric, "marks", None)):  # optional per-image verdicts for the report's grid
-        from rats_core.interfaces import metric_marks
+        from rats_core.registry.interfaces import metric_marks
 
         marks = metric_marks([("metric", metric)], torch.rand(4, 3, 32, 32), prompts_for(metric, 4))
         assert len(marks) == 4 and all(isinstance(ok, bool) and isinstance(note, str) for ok, note in marks)
@@ -170,7 +170,7 @@ def check_callback(callback) -> None:
     ``step_ended`` or ``on_step_end`` would never be called: say so here rather than ignore it)."""
     import difflib
 
-    from rats_core.callbacks import EVENTS
+    from rats_core.training.callbacks import EVENTS
 
     events = [e for e in EVENTS if callable(getattr(callback, e, None))]
     assert events, f"a callback implements at least one of {EVENTS}"

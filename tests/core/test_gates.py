@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rats_core.errors import ConfigError
-from rats_core.plugins import get_registry
+from rats_core.registry.plugins import get_registry
 from rats_plugins.gates import constant, hard, sigmoid
 
 

@@ -1,4 +1,4 @@
-"""Built-in horizon schedules (plugins/horizons.py) and validate_horizons (rats_core/shaping.py)."""
+"""Built-in horizon schedules (plugins/horizons.py) and validate_horizons (rats_core/method/shaping.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from rats_core.errors import ConfigError, PluginError
-from rats_core.plugins import get_registry
-from rats_core.shaping import validate_horizons
+from rats_core.registry.plugins import get_registry
+from rats_core.method.shaping import validate_horizons
 from rats_plugins.horizons import all_steps, explicit, first, last
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-from rats_core.registry import _params
+from rats_core.registry.catalogue import _params
 
 
 def test_heavy_modules_re_export_their_factories():
@@ -21,11 +21,6 @@ def test_heavy_modules_re_export_their_factories():
     hps = importlib.import_module("rats_plugins.rewards.hps")
     assert (hps.hpsv2, hps.hpsv2_1) == (rewards.hpsv2, rewards.hpsv2_1)
     assert importlib.import_module("rats_plugins.toy").ToyBackbone.__module__ == "rats_plugins.toy_model"
-    from rats_plugins.scenes import plugin as scenes
-
-    metrics = importlib.import_module("rats_plugins.scenes.metrics")
-    assert (metrics.scene_judge, metrics.scene_fid) == (scenes.scene_judge, scenes.scene_fid)
-    assert importlib.import_module("rats_plugins.scenes.attribute_reward").scene_attributes is scenes.scene_attributes
 
 
 def test_return_annotations_are_not_evaluated():

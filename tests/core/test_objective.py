@@ -1,4 +1,4 @@
-"""The RATS objective (rats_core/objective.py): ``L = mean_i(−β·R_S(i) + α·g(i)·L_shape(i))``."""
+"""The RATS objective (rats_core/method/objective.py): ``L = mean_i(−β·R_S(i) + α·g(i)·L_shape(i))``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from rats_core.errors import PluginError
-from rats_core.objective import ObjectiveSettings, RatsObjective
-from rats_core.rewards import RewardSet, WeightedReward
-from rats_core.rollout import rollout
-from rats_core.shaping import horizon_distance
-from rats_core.teacher import Teacher
+from rats_core.method.objective import ObjectiveSettings, RatsObjective
+from rats_core.method.rewards import RewardSet, WeightedReward
+from rats_core.method.rollout import rollout
+from rats_core.method.shaping import horizon_distance
+from rats_core.method.teacher import Teacher
 from rats_plugins.gates import constant, sigmoid
 from rats_plugins.horizons import all_steps, explicit
 from rats_plugins.toy import Brightness, Smoothness, ToyBackbone

@@ -1,4 +1,4 @@
-"""Plugin loading and the component registry (rats_core/plugins.py, rats_core/registry.py).
+"""Plugin loading and the component registry (rats_core/registry/plugins.py, rats_core/registry/catalogue.py).
 
 Entry points are faked the way pluggy's own tests do it (a stand-in for ``importlib.metadata``'s
 entry points and distributions); ``test_third_party_package_installed_for_real`` installs an actual
@@ -30,7 +30,7 @@ from rats_core.errors import (
     UnknownComponentError,
     WeightsNotFoundError,
 )
-from rats_core.registry import KINDS, Registry
+from rats_core.registry.catalogue import KINDS, Registry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -242,7 +242,7 @@ def test_broken_plugins_are_recorded_and_the_rest_still_load(fake_entry_points, 
         FakeEntryPoint("raiser", RaisesInHook(), FakeDist("rats-raiser", "0.2")),
         FakeEntryPoint("fine", gate_plugin("fine-gate"), FakeDist("rats-fine", "0.3")),
     ]
-    from rats_core import plugins
+    from rats_core.registry import plugins
 
     reg = plugins.get_registry()
     assert reg.errors["rats-broken:broken"] == "failed to load: ImportError: No module named 'missing_dep'"
@@ -284,7 +284,7 @@ def test_invalid_registrations_are_recorded(fake_entry_points):
             register("not-callable", 42)
 
     fake_entry_points += [FakeEntryPoint("badname", BadName()), FakeEntryPoint("notcallable", NotCallable())]
-    from rats_core import plugins
+    from rats_core.registry import plugins
 
     errors = plugins.get_registry().errors
     assert "invalid name ''" in errors["badname"]
@@ -312,7 +312,7 @@ def test_hook_with_wrong_argument_names_is_recorded(fake_entry_points):
             pass
 
     fake_entry_points.append(FakeEntryPoint("wrongargs", WrongArgs()))
-    from rats_core import plugins
+    from rats_core.registry import plugins
 
     assert plugins.get_registry().errors["wrongargs"].startswith("failed to load: PluginValidationError")
 
@@ -338,7 +338,7 @@ def test_rats_load_plugins_restricts_external_plugins(fake_entry_points, monkeyp
     ]
     if value is not None:
         monkeypatch.setenv("RATS_LOAD_PLUGINS", value)
-    from rats_core import plugins
+    from rats_core.registry import plugins
 
     names = set(plugins.get_registry().names("gates"))
     assert names & {"alpha-gate", "beta-gate"} == loaded
@@ -560,8 +560,8 @@ def test_third_party_package_installed_for_real(thirdparty_venv):
 
 
 def test_descriptions_are_whole_first_paragraphs_without_rst():
-    from rats_core.registry import summary_line
+    from rats_core.registry.catalogue import summary_line
 
-    doc = "A checkpoint every ``every`` optimizer steps (see\n:class:`~rats_core.trainer.Trainer`).\n\nMore text."
-    assert summary_line(doc) == "A checkpoint every `every` optimizer steps (see `rats_core.trainer.Trainer`)."
+    doc = "A checkpoint every ``every`` optimizer steps (see\n:class:`~rats_core.training.trainer.Trainer`).\n\nMore text."
+    assert summary_line(doc) == "A checkpoint every `every` optimizer steps (see `rats_core.training.trainer.Trainer`)."
     assert summary_line("") == ""

@@ -1,4 +1,4 @@
-"""Reward combination (rats_core/rewards.py) and the reward output contract (interfaces.check_reward_output)."""
+"""Reward combination (rats_core/method/rewards.py) and the reward output contract (interfaces.check_reward_output)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from rats_core.errors import PluginError
-from rats_core.interfaces import check_reward_output
-from rats_core.rewards import RewardSet, WeightedReward
+from rats_core.registry.interfaces import check_reward_output
+from rats_core.method.rewards import RewardSet, WeightedReward
 
 IMAGES = torch.stack([torch.full((3, 4, 4), v) for v in (0.0, 0.5, 1.0)])  # mean brightness 0, .5, 1
 PROMPTS = ["a", "b", "c"]
@@ -125,7 +125,7 @@ def test_rewards_frames_option_reaches_the_weighted_reward(tmp_path):
     reward, validated (> 0 or null) and handed to the reward's WeightedReward."""
     import yaml
 
-    from rats_core.components import build_components
+    from rats_core.training.components import build_components
     from rats_core.config import load_config
     from rats_core.errors import ConfigError
 

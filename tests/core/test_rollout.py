@@ -1,4 +1,4 @@
-"""Gradient truncation of student rollouts (rats_core/rollout.py).
+"""Gradient truncation of student rollouts (rats_core/method/rollout.py).
 
 Semantics under test (rollout's docstring): the last ``grad_steps`` steps are differentiated through
 the trajectory; each step in ``local_grad_steps`` keeps the gradient of its *own* network evaluation
@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rats_core.objective import ObjectiveSettings, RatsObjective
-from rats_core.rewards import RewardSet, WeightedReward
-from rats_core.rollout import rollout, sample
-from rats_core.sigmas import ddim_step, initial_latents
+from rats_core.method.objective import ObjectiveSettings, RatsObjective
+from rats_core.method.rewards import RewardSet, WeightedReward
+from rats_core.method.rollout import rollout, sample
+from rats_core.method.sigmas import ddim_step, initial_latents
 from rats_plugins.gates import sigmoid
 from rats_plugins.horizons import first
 from rats_plugins.toy import Brightness, ToyBackbone

@@ -1,11 +1,11 @@
-"""Per-horizon distance and the shape loss (rats_core/shaping.py), on hand-computed tiny tensors."""
+"""Per-horizon distance and the shape loss (rats_core/method/shaping.py), on hand-computed tiny tensors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rats_core.shaping import horizon_distance, shape_loss
+from rats_core.method.shaping import horizon_distance, shape_loss
 
 
 def lat(*rows):

@@ -1,4 +1,4 @@
-"""σ-space maths and σ-aligned teacher schedules (rats_core/sigmas.py).
+"""σ-space maths and σ-aligned teacher schedules (rats_core/method/sigmas.py).
 
 The closed-form checks use ``LinearBackbone`` (tests/core/conftest.py): its DDIM trajectory is exact
 for any step count, so a 4-step student and a 50-step teacher started from the same noise must be
@@ -12,9 +12,9 @@ import logging
 import pytest
 import torch
 
-from rats_core.objective import ObjectiveSettings, RatsObjective
-from rats_core.rewards import RewardSet, WeightedReward
-from rats_core.sigmas import (
+from rats_core.method.objective import ObjectiveSettings, RatsObjective
+from rats_core.method.rewards import RewardSet, WeightedReward
+from rats_core.method.sigmas import (
     add_noise,
     align_schedules,
     ddim_step,
@@ -122,7 +122,7 @@ def test_superset_on_random_schedules():
 
 def test_nearest_is_exact_without_warning_when_the_grids_nest(caplog):
     backbone = ToyBackbone(interpolation="flow")  # linspace: σ's of K = 2 are among those of N = 8
-    with caplog.at_level(logging.WARNING, logger="rats_core.sigmas"):
+    with caplog.at_level(logging.WARNING, logger="rats_core.method.sigmas"):
         a = align_schedules(backbone.sigmas(2), backbone.sigmas(8), "nearest")
     assert a.exact and a.teacher_index == (0, 4)
     assert torch.equal(a.teacher, backbone.sigmas(8))
@@ -131,7 +131,7 @@ def test_nearest_is_exact_without_warning_when_the_grids_nest(caplog):
 
 def test_nearest_warns_when_inexact(caplog):
     backbone = ToyBackbone(interpolation="flow")  # 1, 2/3, 1/3 vs multiples of 1/8
-    with caplog.at_level(logging.WARNING, logger="rats_core.sigmas"):
+    with caplog.at_level(logging.WARNING, logger="rats_core.method.sigmas"):
         a = align_schedules(backbone.sigmas(3), backbone.sigmas(8), "nearest")
     assert not a.exact
     assert torch.equal(a.teacher, backbone.sigmas(8)), "nearest must not change the teacher schedule"
@@ -191,7 +191,7 @@ def test_linear_model_teacher_and_student_agree_at_shared_sigmas(linear_backbone
 
 def test_linear_model_nearest_alignment_uses_the_nearest_teacher_step(linear_backbone, caplog):
     b = linear_backbone
-    with caplog.at_level(logging.WARNING, logger="rats_core.sigmas"):
+    with caplog.at_level(logging.WARNING, logger="rats_core.method.sigmas"):
         obj = _objective(b, 3, 8, alignment="nearest")
     assert not obj.schedules.exact and caplog.records
     noise = torch.randn(b.latent_shape(1), dtype=torch.float64)

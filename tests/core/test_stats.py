@@ -1,4 +1,4 @@
-"""rats_core/stats.py against closed forms and independent implementations: Wilson and Newcombe's
+"""rats_core/evaluation/stats.py against closed forms and independent implementations: Wilson and Newcombe's
 published intervals, the exact binomial (scipy), McNemar by hand, Student's t, and the rule."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from rats_core import stats
+from rats_core.evaluation import stats
 
 
 @pytest.mark.parametrize("k, n, plain, corrected", [

@@ -1,4 +1,4 @@
-"""The EMA / frozen teacher (rats_core/teacher.py)."""
+"""The EMA / frozen teacher (rats_core/method/teacher.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rats_core.teacher import Teacher, ema_update, make_teacher
+from rats_core.method.teacher import Teacher, ema_update, make_teacher
 
 
 def test_ema_update_by_hand():

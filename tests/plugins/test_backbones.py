@@ -24,10 +24,10 @@ import pytest
 import torch
 
 from rats_core.errors import ConfigError, WeightsNotFoundError
-from rats_core.interfaces import Backbone
-from rats_core.plugins import get_registry
-from rats_core.rollout import sample
-from rats_core.sigmas import ddim_step
+from rats_core.registry.interfaces import Backbone
+from rats_core.registry.plugins import get_registry
+from rats_core.method.rollout import sample
+from rats_core.method.sigmas import ddim_step
 
 _spec = importlib.util.spec_from_file_location("tiny_pipelines", Path(__file__).with_name("tiny_pipelines.py"))
 tiny = importlib.util.module_from_spec(_spec)
@@ -470,10 +470,10 @@ def test_hub_id_is_found_in_the_local_cache_offline(tiny_dir, empty_hub_cache):
 def test_unreachable_hub_fails_at_once_without_waiting_for_timeouts(empty_hub_cache, monkeypatch):
     from huggingface_hub import constants
 
-    from rats_plugins.backbones import _diffusers_common
+    from rats_plugins.backbones import weights
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(_diffusers_common, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(weights, "_hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(WeightsNotFoundError, match="not reachable.*backbone.path=") as err:
         get_registry().build("backbones", "pixart", {"path": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"})
     assert "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS" in str(err.value)

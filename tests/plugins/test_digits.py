@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from rats_core.sigmas import ddim_step
+from rats_core.method.sigmas import ddim_step
 from rats_plugins.digits import data
 from rats_plugins.digits.backbone import WEIGHTS_DIR, DigitsBackbone
 from rats_plugins.digits.metrics import DigitFID, DigitJudge
@@ -224,7 +224,7 @@ def test_metrics_return_their_keys(heldout):
 
 
 def test_plugin_registers_everything():
-    from rats_core.plugins import get_registry
+    from rats_core.registry.plugins import get_registry
 
     reg = get_registry()
     assert "digits" in reg.components["backbones"]

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rats_core.errors import CheckpointError, ConfigError, WeightsNotFoundError
-from rats_core.plugins import get_registry
+from rats_core.registry.plugins import get_registry
 from rats_plugins.rewards import _preprocess as P
 from rats_plugins.rewards import _weights as W
 from rats_plugins.rewards import imagereward as IR

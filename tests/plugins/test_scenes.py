@@ -345,7 +345,7 @@ def test_pretraining_the_reward_without_a_base_pipeline_says_how_to_fix_it(tmp_p
 def _attribute_reward(tmp_path, densities=None):
     """scene-attributes on a randomly initialised second judge saved in tmp_path; with ``densities``,
     its network is replaced by one that reads exactly those density maps (the formula under test)."""
-    from rats_plugins.scenes.attribute_reward import scene_attributes
+    from rats_plugins.scenes.plugin import scene_attributes
     from rats_plugins.scenes.judge import JudgeNet, save_judge
 
     torch.manual_seed(5)
@@ -396,7 +396,7 @@ def test_attribute_reward_refuses_the_evaluation_judge(tmp_path):
     import shutil
 
     from rats_core.errors import ConfigError
-    from rats_plugins.scenes.attribute_reward import scene_attributes
+    from rats_plugins.scenes.plugin import scene_attributes
     from rats_plugins.scenes.metrics import WEIGHTS_DIR
 
     if not (WEIGHTS_DIR / "judge" / "model.safetensors").is_file():

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rats_core import checkpoint as ckpt
+from rats_core.training import checkpoint as ckpt
 
 _spec = importlib.util.spec_from_file_location("tiny_pipelines", Path(__file__).with_name("tiny_pipelines.py"))
 tiny = importlib.util.module_from_spec(_spec)

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from rats_core.errors import ConfigError, PluginError, WeightsNotFoundError
-from rats_core.interfaces import SCORES_VIDEO_ATTRIBUTE, Backbone
-from rats_core.plugins import get_registry
-from rats_core.rewards import RewardSet, WeightedReward, frame_indices, score_frames
-from rats_core.rollout import sample
-from rats_core.sigmas import ddim_step
+from rats_core.registry.interfaces import SCORES_VIDEO_ATTRIBUTE, Backbone
+from rats_core.registry.plugins import get_registry
+from rats_core.method.rewards import RewardSet, WeightedReward, frame_indices, score_frames
+from rats_core.method.rollout import sample
+from rats_core.method.sigmas import ddim_step
 
 _spec = importlib.util.spec_from_file_location("tiny_wan", Path(__file__).with_name("tiny_wan.py"))
 tiny = importlib.util.module_from_spec(_spec)
@@ -240,7 +240,7 @@ def test_decode_grad_frames_bounds_the_gradient_to_some_latent_frames_with_the_s
 
 def test_bf16_parts_predict_and_decode_under_the_trainers_autocast(folder):
     """bf16 everywhere, as experiments/wan.yaml trains: the rollout's autocast path gives finite x0 and frames."""
-    from rats_core.rollout import _predict
+    from rats_core.method.rollout import _predict
 
     bb16 = build(folder, dtype="bf16", denoiser_dtype="bf16")
     assert bb16.vae.dtype == bb16.text_encoder.dtype == bb16.denoiser.dtype == torch.bfloat16
@@ -479,7 +479,7 @@ def test_evaluation_scores_video_frames_and_saves_each_video_as_a_gif(bb, tmp_pa
     import numpy as np
     from PIL import Image, ImageSequence
 
-    from rats_core.evaluate import Variant, compare
+    from rats_core.evaluation.evaluate import Variant, compare
 
     rewards = RewardSet([WeightedReward("bright", brightness, frames=2)])
     comp = compare(bb, rewards, [Variant("base", bb.denoiser, 2)], PROMPTS, save_dir=tmp_path / "images")

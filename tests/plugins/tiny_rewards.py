@@ -8,6 +8,9 @@
   ``HPS_v2_compressed.pt``.
 * PickScore: a tiny transformers ``CLIPModel`` folder plus a processor folder (CLIP tokenizer and
   ``CLIPImageProcessor`` config), like ``yuvalkirstain/PickScore_v1`` and the LAION processor.
+* CLIPScore: the same in one folder, like ``openai/clip-vit-large-patch14``.
+* Aesthetic predictor: such a CLIP with 768-d embeddings and :class:`OfficialAestheticMLP` saved as
+  ``sac+logos+ava1-l14-linearMSE.pth`` (the official ``MLP(768)``'s layers and state-dict keys).
 
 Tokenizers are made without downloads: BERT from a small WordPiece vocabulary written here, CLIP's
 BPE from the vocabulary open_clip bundles (all of it, so open_clip's and transformers' tokenizers agree).
@@ -331,7 +334,7 @@ def build_hps(directory: Path, filename: str = "HPS_v2_compressed.pt", seed: int
 # ----------------------------------------------------------------------------- PickScore (transformers CLIP)
 
 
-def build_pickscore(directory: Path, seed: int = 0, image_size: int = 28) -> tuple[Path, Path]:
+def build_pickscore(directory: Path, seed: int = 0, image_size: int = 28, projection_dim: int = 32) -> tuple[Path, Path]:
     """A tiny ``CLIPModel`` folder and a processor folder (tokenizer + ``CLIPImageProcessor`` config)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
@@ -342,7 +345,7 @@ def build_pickscore(directory: Path, seed: int = 0, image_size: int = 28) -> tup
                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407),
         vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                            image_size=image_size, patch_size=14, hidden_act="gelu"),
-        projection_dim=32,
+        projection_dim=projection_dim,
         logit_scale_init_value=math.log(100.0),
     )
     model = CLIPModel(config).eval()
@@ -355,3 +358,50 @@ def build_pickscore(directory: Path, seed: int = 0, image_size: int = 28) -> tup
     CLIPProcessor(image_processor, CLIPTokenizer.from_pretrained(str(proc_dir))).save_pretrained(str(proc_dir))
     image_processor.save_pretrained(str(proc_dir))  # preprocessor_config.json, as in the LAION repo
     return model_dir, proc_dir
+
+
+# ----------------------------------------------------------------------------- CLIPScore, aesthetic predictor
+
+
+def build_clip(directory: Path, seed: int = 0, image_size: int = 28, projection_dim: int = 32) -> Path:
+    """One folder with a tiny ``CLIPModel``, its tokenizer and ``preprocessor_config.json`` (the layout of
+    ``openai/clip-vit-large-patch14``)."""
+    import shutil
+
+    model_dir, proc_dir = build_pickscore(directory, seed=seed, image_size=image_size, projection_dim=projection_dim)
+    for f in proc_dir.iterdir():
+        shutil.copy(f, model_dir / f.name)
+    return model_dir
+
+
+class OfficialAestheticMLP(nn.Module):
+    """``MLP(768)`` of improved-aesthetic-predictor's ``simple_inference.py``: Linear/Dropout, no activation."""
+
+    def __init__(self, input_size: int = 768):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+AESTHETIC_FILENAME = "sac+logos+ava1-l14-linearMSE.pth"
+
+
+def build_aesthetic(directory: Path, seed: int = 0) -> tuple[Path, Path, OfficialAestheticMLP]:
+    """A tiny CLIP folder with the official 768-d embeddings and ``sac+logos+ava1-l14-linearMSE.pth`` of the
+    official shapes; return (pth, CLIP folder, the MLP). The MLP's init is widened so that the tiny model's
+    scores vary with the image."""
+    clip_dir = build_clip(directory / "clip", seed=seed, projection_dim=768)
+    torch.manual_seed(seed + 1)
+    mlp = OfficialAestheticMLP().eval()
+    for layer in mlp.layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, std=2.0 / math.sqrt(layer.in_features))
+            nn.init.normal_(layer.bias, std=0.1)
+    path = directory / AESTHETIC_FILENAME
+    torch.save(mlp.state_dict(), path)
+    return path, clip_dir, mlp

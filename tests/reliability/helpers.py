@@ -96,7 +96,7 @@ def script(name: str) -> list[str]:
     if path.exists():
         return [str(path)]
     entry = "run_main" if name == "rats-run" else "main"  # pragma: no cover - not installed as scripts
-    return [sys.executable, "-c", f"import sys; from rats_core.cli import {entry}; sys.exit({entry}())"]
+    return [sys.executable, "-c", f"import sys; from rats_core.cli.main import {entry}; sys.exit({entry}())"]
 
 
 def run_proc(argv: list[str], timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
@@ -133,7 +133,7 @@ def metric_lines(run_dir: Path) -> int:
 def final_weights(run_dir: Path, step: int) -> dict[str, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
-    from rats_core import checkpoint as ckpt
+    from rats_core.training import checkpoint as ckpt
 
     folder = Path(run_dir) / "checkpoints" / ckpt.step_name(step)
     return {part: load_file(str(folder / f"{part}.safetensors")) for part in ("student", "teacher")}

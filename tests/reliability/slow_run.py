@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from rats_core import checkpoint as ckpt
+from rats_core.training import checkpoint as ckpt
 from rats_core.cli import run_main
-from rats_core.objective import RatsObjective
+from rats_core.method.objective import RatsObjective
 
 marks = Path(os.environ["RATS_TEST_MARKS"])
 step_delay = float(os.environ.get("RATS_TEST_STEP_DELAY", "0"))

@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from rats_core import checkpoint as ckpt
+from rats_core.training import checkpoint as ckpt
 from rats_reliability import (
     REPO,
     assert_clean_error,

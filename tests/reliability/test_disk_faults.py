@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rats_core import checkpoint as ckpt
+from rats_core.training import checkpoint as ckpt
 from rats_core.errors import TrainingError
 from rats_reliability import (
     BASE,
@@ -93,7 +93,7 @@ def test_disk_full_before_any_checkpoint(tmp_path, monkeypatch):
     cfg = write_config(tmp_path)
     _fail_once(monkeypatch, ckpt, "save_tensor_file", 1, _enospc())
     from rats_core.config import load_config
-    from rats_core.trainer import train
+    from rats_core.training.trainer import train
 
     with pytest.raises(TrainingError, match="could not save checkpoint step_00000002.*no checkpoint had been saved yet"):
         train(load_config(cfg))
@@ -132,7 +132,7 @@ def test_disk_full_while_writing_metrics(capsys, tmp_path, monkeypatch):
 
 def test_disk_full_while_writing_the_run_files(capsys, tmp_path, monkeypatch):
     """At setup (config.yaml): nothing half-written is left, and no traceback."""
-    from rats_core.run_folder import RunFolder
+    from rats_core.training.run_folder import RunFolder
 
     def full(self, cfg):
         raise _enospc(self.path / ".config.yaml.tmp")
@@ -152,7 +152,7 @@ _LIMITED = textwrap.dedent("""
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     if sys.argv[2] == "safetensors":
         import torch
-        from rats_core.checkpoint import save_tensor_file
+        from rats_core.training.checkpoint import save_tensor_file
         try:
             save_tensor_file({"w": torch.zeros(100_000)}, sys.argv[3])
         except OSError as exc:

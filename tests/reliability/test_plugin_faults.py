@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import torch
 
-from rats_core import checkpoint as ckpt
+from rats_core.training import checkpoint as ckpt
 from rats_core import hookimpl
-from rats_core import plugins as plugins_mod
+from rats_core.registry import plugins as plugins_mod
 from rats_reliability import assert_clean_error, cli, write_config
 
 

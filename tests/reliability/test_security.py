@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rats_core import checkpoint as ckpt
+from rats_core.training import checkpoint as ckpt
 from rats_core.errors import CheckpointError
 from rats_reliability import REPO, assert_clean_error, cli, cli_run, write_config
 

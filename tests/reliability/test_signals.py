@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rats_core import checkpoint as ckpt
+from rats_core.training import checkpoint as ckpt
 from rats_reliability import (
     BASE,
     assert_same_weights,
