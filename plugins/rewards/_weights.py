@@ -51,7 +51,8 @@ class WeightsHint:
 
     ``what`` names the model ("ImageReward"), ``repo_id``/``filename`` the official download (a whole
     repo when ``filename`` is None, limited to the ``include`` patterns if given), ``option`` the reward
-    option to set and ``example`` a value for it.
+    option to set and ``example`` a value for it. ``url``: the official file is not on the Hugging Face
+    hub but at this address (``repo_id`` then only names where it comes from).
     """
 
     what: str
@@ -60,9 +61,13 @@ class WeightsHint:
     option: str
     example: str
     include: tuple[str, ...] = ()
+    url: str | None = None
 
     def error(self, reason: str) -> WeightsNotFoundError:
-        if self.filename:
+        if self.url:
+            get = f"download {self.filename} from {self.url}"
+            cmd = f"`wget -P /models '{self.url}'`"
+        elif self.filename:
             get = f"download {self.filename} from the Hugging Face repo {self.repo_id}"
             cmd = f"`hf download {self.repo_id} {self.filename} --local-dir /models`"
         else:
@@ -80,6 +85,8 @@ def resolve_file(path: str | None, hint: WeightsHint) -> Path:
     """A local checkpoint file for ``path``: a file, a folder holding ``hint.filename``, or a hub repo."""
     assert hint.filename is not None
     if path is None:
+        if hint.url:  # no hub repo to look in
+            raise hint.error(f"the reward's `{hint.option}` option is not set")
         return _hub_file(hint.repo_id, hint.filename, hint)
     local = Path(path).expanduser()
     if local.is_file():

@@ -1,17 +1,23 @@
-"""The reward models as a rats plugin: ``imagereward``, ``hpsv2``, ``hpsv2.1`` and ``pickscore``.
+"""The reward models as a rats plugin: rewards ``imagereward``, ``hpsv2``, ``hpsv2.1``, ``pickscore``,
+``aesthetic`` and ``clipscore``, and the metric ``clipscore``.
 
 The factories live here and import no torch (nor transformers, open_clip): their signatures are the option
 schemas that ``rats plugins`` and config validation read, and each imports its reward's module
-(imagereward.py, hps.py, pickscore.py) only when it builds it. Those modules re-export their factories.
+(imagereward.py, hps.py, pickscore.py, aesthetic.py, clipscore.py) only when it builds it. Those modules
+re-export their factories.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field
 
 from rats_core import hookimpl
 
 if TYPE_CHECKING:
+    from .aesthetic import Aesthetic
+    from .clipscore import ClipScore, ClipScoreMetric
     from .hps import HPS
     from .imagereward import ImageReward
     from .pickscore import PickScore
@@ -23,6 +29,9 @@ IMAGEREWARD_TOKENIZER = "bert-base-uncased"
 PICKSCORE_ID = "yuvalkirstain/PickScore_v1"
 HPS_ARCHITECTURE = "ViT-H-14"
 HPS_FILENAMES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
+#: OpenAI CLIP ViT-L/14: the aesthetic predictor's embedding and CLIPScore's default model
+CLIP_ID = "openai/clip-vit-large-patch14"
+AESTHETIC_FILENAME = "sac+logos+ava1-l14-linearMSE.pth"
 
 
 def imagereward(path: str | None = None, tokenizer: str = IMAGEREWARD_TOKENIZER, dtype: DType = "float32") -> ImageReward:
@@ -100,9 +109,102 @@ hpsv2.__doc__ += _DOC_OPTIONS.format(filename=HPS_FILENAMES["v2.0"])
 hpsv2_1.__doc__ += _DOC_OPTIONS.format(filename=HPS_FILENAMES["v2.1"])
 
 
+def aesthetic(path: str | None = None, clip: str = CLIP_ID, dtype: DType = "float32") -> Aesthetic:
+    """LAION aesthetic predictor v2 (CLIP ViT-L/14 embedding, normalised, through a linear MLP), ≈ 1-10.
+
+    The prompt is not used. Its weights are on GitHub, not the Hugging Face hub: ``path`` has no default.
+
+    Options:
+        path: ``sac+logos+ava1-l14-linearMSE.pth`` (a file, or a folder holding it), from
+            github.com/christophschuhmann/improved-aesthetic-predictor.
+        clip: the CLIP ViT-L/14 ``CLIPModel`` (folder or hub id); default ``openai/clip-vit-large-patch14``
+            from the local Hugging Face cache (only its vision tower is kept).
+        dtype: ``float32`` (default), ``float16`` or ``bfloat16`` (the MLP stays float32).
+
+    Example config::
+
+        rewards:
+          - name: aesthetic
+            path: /models/sac+logos+ava1-l14-linearMSE.pth
+            clip: /models/clip-vit-large-patch14
+    """
+    from .aesthetic import Aesthetic
+
+    return Aesthetic(path=path, clip=clip, dtype=dtype)
+
+
+#: CLIPScore's ``w``: 100 as torchmetrics reports it (0-100), 2.5 as the paper defines it
+ClipW = Annotated[float, Field(gt=0)]
+
+
+def clipscore(
+    path: str = CLIP_ID, processor: str | None = None, w: ClipW = 100.0, prefix: str = "", dtype: DType = "float32"
+) -> ClipScore:
+    """CLIPScore, w * max(cos(image, prompt), 0) on CLIP ViT-L/14: 0-100 with w = 100 (torchmetrics' scale).
+
+    Options:
+        path: a ``CLIPModel`` folder or hub id; default ``openai/clip-vit-large-patch14`` from the local
+            Hugging Face cache.
+        processor: folder or hub id with the CLIP tokenizer and ``preprocessor_config.json``; default ``path``.
+        w: the scale: 100 as torchmetrics' CLIPScore reports it (default), 2.5 as the paper (Hessel et al.
+            2021) defines it.
+        prefix: text put before every prompt; the paper's captioning code used ``"A photo depicts "``;
+            torchmetrics none (default).
+        dtype: ``float32`` (default), ``float16`` or ``bfloat16``.
+
+    Example config::
+
+        rewards:
+          - name: clipscore
+            path: /models/clip-vit-large-patch14
+    """
+    from .clipscore import ClipScore
+
+    return ClipScore(path=path, processor=processor, w=w, prefix=prefix, dtype=dtype)
+
+
+def clipscore_metric(
+    path: str = CLIP_ID,
+    processor: str | None = None,
+    w: ClipW = 100.0,
+    prefix: str = "",
+    dtype: DType = "float32",
+    batch_size: Annotated[int, Field(gt=0)] = 32,
+    device: str | None = None,
+) -> ClipScoreMetric:
+    """CLIPScore of the evaluated images and their prompts: the mean over images of w * max(cos, 0).
+
+    Options:
+        path: a ``CLIPModel`` folder or hub id; default ``openai/clip-vit-large-patch14``.
+        processor: folder or hub id with the CLIP tokenizer and image processor config; default ``path``.
+        w: the scale: 100 as torchmetrics' CLIPScore (default), 2.5 as the paper.
+        prefix: text put before every prompt (the paper's captioning code: ``"A photo depicts "``).
+        dtype: ``float32`` (default), ``float16`` or ``bfloat16``.
+        batch_size: images scored at once.
+        device: where the CLIP runs; default ``cuda`` when a GPU is visible, else ``cpu``.
+
+    Example config::
+
+        eval:
+          metrics:
+            - name: clipscore
+    """
+    from .clipscore import ClipScoreMetric
+
+    return ClipScoreMetric(path=path, processor=processor, w=w, prefix=prefix, dtype=dtype,
+                           batch_size=batch_size, device=device)
+
+
 @hookimpl
 def register_rewards(register):
     register("imagereward", imagereward)
     register("hpsv2", hpsv2)
     register("hpsv2.1", hpsv2_1)
     register("pickscore", pickscore)
+    register("aesthetic", aesthetic)
+    register("clipscore", clipscore)
+
+
+@hookimpl
+def register_metrics(register):
+    register("clipscore", clipscore_metric)
