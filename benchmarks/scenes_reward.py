@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     backbone, prompts, noise = scenes_base_samples(args.prompts, args.per_prompt, args.seed, args.pipeline)
     from rats_core.evaluation.evaluate import generate
-    from rats_plugins.rewards.pickscore import pickscore
+    from rats_plugins.rewards.plugin import pickscore
     from rats_plugins.scenes import world
     from rats_plugins.scenes.plugin import scene_attributes
     from rats_plugins.scenes.metrics import SceneJudge

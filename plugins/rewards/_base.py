@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .plugin import DType  # noqa: F401  (the ``dtype`` option of every reward plugin)
+from .options import DType  # noqa: F401  (the ``dtype`` option of every reward plugin)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -27,7 +27,7 @@ from ._base import DType, FrozenReward, float32_compute
 from ._preprocess import CLIP_MEAN, CLIP_STD, check_images, resize_crop_normalize
 from ._weights import WeightsHint, from_pretrained, load_state_dict, resolve_file, strip_prefix
 from .imagereward import _MLP_LINEARS, MLPHead
-from .plugin import AESTHETIC_FILENAME, CLIP_ID, aesthetic  # noqa: F401  (the factory lives in plugin.py)
+from .options import AESTHETIC_FILENAME, CLIP_ID
 
 FILENAME = AESTHETIC_FILENAME
 REPO = "christophschuhmann/improved-aesthetic-predictor"

@@ -26,7 +26,7 @@ from ._base import DType
 from ._clip import CLIPCosine
 from ._preprocess import check_images
 from ._weights import WeightsHint
-from .plugin import CLIP_ID, clipscore, clipscore_metric  # noqa: F401  (the factories live in plugin.py)
+from .options import CLIP_ID
 
 REPO_ID = CLIP_ID
 _EXAMPLE = "/models/clip-vit-large-patch14"

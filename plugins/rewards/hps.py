@@ -25,7 +25,7 @@ from rats_core.errors import CheckpointError
 from ._base import DType, FrozenReward
 from ._preprocess import CLIP_MEAN, CLIP_STD, check_images, resize_longest_pad_normalize
 from ._weights import WeightsHint, load_state_dict, resolve_file, strip_prefix
-from .plugin import HPS_ARCHITECTURE, HPS_FILENAMES, hpsv2, hpsv2_1  # noqa: F401  (the factories live in plugin.py)
+from .options import HPS_ARCHITECTURE, HPS_FILENAMES
 
 REPO_ID = "xswu/HPSv2"
 FILENAMES = HPS_FILENAMES

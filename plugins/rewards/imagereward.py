@@ -32,7 +32,7 @@ from rats_core.errors import CheckpointError
 from ._base import DType, FrozenReward, float32_compute
 from ._preprocess import CLIP_MEAN, CLIP_STD, check_images, resize_crop_normalize
 from ._weights import WeightsHint, from_pretrained, load_state_dict, resolve_file, strip_prefix
-from .plugin import IMAGEREWARD_TOKENIZER, imagereward  # noqa: F401  (the factory lives in plugin.py)
+from .options import IMAGEREWARD_TOKENIZER
 
 REPO_ID = "THUDM/ImageReward"
 FILENAME = "ImageReward.pt"

@@ -22,7 +22,7 @@ from ._base import DType
 from ._clip import CLIPCosine
 from ._preprocess import check_images
 from ._weights import WeightsHint
-from .plugin import PICKSCORE_ID, pickscore  # noqa: F401  (the factory lives in plugin.py)
+from .options import PICKSCORE_ID
 
 REPO_ID = PICKSCORE_ID
 PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"

@@ -3,17 +3,27 @@
 
 The factories live here and import no torch (nor transformers, open_clip): their signatures are the option
 schemas that ``rats plugins`` and config validation read, and each imports its reward's module
-(imagereward.py, hps.py, pickscore.py, aesthetic.py, clipscore.py) only when it builds it. Those modules
-re-export their factories.
+(imagereward.py, hps.py, pickscore.py, aesthetic.py, clipscore.py) only when it builds it. What both
+sides need (the ``dtype`` option, official ids and file names) is in options.py.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 
 from rats_core import hookimpl
+
+from .options import (
+    CLIP_ID,
+    HPS_ARCHITECTURE,
+    HPS_FILENAMES,
+    IMAGEREWARD_TOKENIZER,
+    PICKSCORE_ID,
+    ClipW,
+    DType,
+)
 
 if TYPE_CHECKING:
     from .aesthetic import Aesthetic
@@ -21,17 +31,6 @@ if TYPE_CHECKING:
     from .hps import HPS
     from .imagereward import ImageReward
     from .pickscore import PickScore
-
-#: the ``dtype`` option of every reward plugin
-DType = Literal["float32", "float16", "bfloat16"]
-
-IMAGEREWARD_TOKENIZER = "bert-base-uncased"
-PICKSCORE_ID = "yuvalkirstain/PickScore_v1"
-HPS_ARCHITECTURE = "ViT-H-14"
-HPS_FILENAMES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
-#: OpenAI CLIP ViT-L/14: the aesthetic predictor's embedding and CLIPScore's default model
-CLIP_ID = "openai/clip-vit-large-patch14"
-AESTHETIC_FILENAME = "sac+logos+ava1-l14-linearMSE.pth"
 
 
 def imagereward(path: str | None = None, tokenizer: str = IMAGEREWARD_TOKENIZER, dtype: DType = "float32") -> ImageReward:
@@ -131,10 +130,6 @@ def aesthetic(path: str | None = None, clip: str = CLIP_ID, dtype: DType = "floa
     from .aesthetic import Aesthetic
 
     return Aesthetic(path=path, clip=clip, dtype=dtype)
-
-
-#: CLIPScore's ``w``: 100 as torchmetrics reports it (0-100), 2.5 as the paper defines it
-ClipW = Annotated[float, Field(gt=0)]
 
 
 def clipscore(

@@ -1,6 +1,7 @@
 """Built-in plugin modules register light factories (issue 30): the modules in DEFAULT_PLUGINS import no
-torch; each factory exists once (its signature and docstring are the option schema and the description)
-and the heavy modules re-export it, so `rats plugins` describes the component that gets built."""
+torch; each factory exists once (its signature and docstring are the option schema and the description),
+so `rats plugins` describes the component that gets built. The backbone modules re-export it; the reward
+modules do not (that import would close a circle, see test_import_graph.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,21 @@ from rats_core.registry.catalogue import _params
 def test_heavy_modules_re_export_their_factories():
     """`from rats_plugins.backbones.sd15 import sd15` (benchmarks, scenes) builds the registered factory."""
     from rats_plugins.backbones import plugin as backbones
-    from rats_plugins.rewards import plugin as rewards
 
     for name in ("sd15", "sdxl", "pixart", "flux", "wan"):
         assert getattr(importlib.import_module(f"rats_plugins.backbones.{name}"), name) is getattr(backbones, name)
-    assert importlib.import_module("rats_plugins.rewards.pickscore").pickscore is rewards.pickscore
-    assert importlib.import_module("rats_plugins.rewards.imagereward").imagereward is rewards.imagereward
-    hps = importlib.import_module("rats_plugins.rewards.hps")
-    assert (hps.hpsv2, hps.hpsv2_1) == (rewards.hpsv2, rewards.hpsv2_1)
     assert importlib.import_module("rats_plugins.toy").ToyBackbone.__module__ == "rats_plugins.toy_model"
+
+
+def test_reward_factories_live_in_the_light_module_only():
+    """`from rats_plugins.rewards.plugin import pickscore` is the factory that builds the reward; the reward
+    modules share only rewards/options.py with it (the factories import them, not the other way)."""
+    from rats_core.registry.plugins import get_registry
+
+    registry = get_registry()
+    for kind, name in [("rewards", n) for n in ("imagereward", "hpsv2", "hpsv2.1", "pickscore", "aesthetic",
+                                                 "clipscore")] + [("metrics", "clipscore")]:
+        assert registry.get(kind, name).factory.__module__ == "rats_plugins.rewards.plugin", (kind, name)
 
 
 def test_return_annotations_are_not_evaluated():

@@ -89,11 +89,12 @@ def test_registered_with_documented_options():
         registry.get("rewards", "clipscore").validate_options({"w": 0}, "rewards.0")
 
 
-def test_heavy_modules_re_export_their_factories():
-    from rats_plugins.rewards import aesthetic, clipscore, plugin
+def test_the_light_factories_build_the_heavy_classes(aesthetic, clipscore):
+    from rats_plugins.rewards import aesthetic as aesthetic_module
+    from rats_plugins.rewards import clipscore as clipscore_module
 
-    assert aesthetic.aesthetic is plugin.aesthetic
-    assert (clipscore.clipscore, clipscore.clipscore_metric) == (plugin.clipscore, plugin.clipscore_metric)
+    assert type(aesthetic) is aesthetic_module.Aesthetic and type(clipscore) is clipscore_module.ClipScore
+    assert get_registry().get("metrics", "clipscore").factory.__module__ == "rats_plugins.rewards.plugin"
 
 
 @pytest.mark.parametrize("name", ["aesthetic", "clipscore"])

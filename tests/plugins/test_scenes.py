@@ -230,7 +230,7 @@ def test_tokenizer_spells_every_word_as_one_token(tmp_path):
 def test_stock_pickscore_loads_the_scenes_clip_folder_and_keeps_its_gradient_after_inference_mode(tmp_path):
     """The teacher scores its images under torch.inference_mode, then the student's reward needs a
     gradient with the same prompts: the cached text features must not be inference tensors."""
-    from rats_plugins.rewards.pickscore import pickscore
+    from rats_plugins.rewards.plugin import pickscore
 
     reward = pickscore(str(_tiny_clip_folder(tmp_path)))
     prompts = ["two red circles", "a blue square left of a yellow triangle"]
@@ -287,7 +287,7 @@ def test_scene_judge_reports_how_often_it_sees_malformed_objects():
 def test_reward_clip_training_runs_and_writes_a_folder_the_stock_reward_loads(tmp_path):
     """The pretraining's reward stage end to end, a few steps: the loss with every kind of negative
     (captions, degraded copies, counterfactual scenes) back-propagates and the report says what it checked."""
-    from rats_plugins.rewards.pickscore import pickscore
+    from rats_plugins.rewards.plugin import pickscore
     from rats_plugins.scenes.pipeline import train_clip
 
     info = train_clip(tmp_path, seed=0, steps=2, batch=8, counterfactuals=True)
@@ -435,7 +435,7 @@ def test_mistakes_are_zero_for_right_renders_and_count_each_wrong_attribute():
 
 def test_preference_finetune_writes_a_clip_the_stock_reward_loads_and_refuses_the_evaluation_judge(tmp_path, monkeypatch):
     from rats_core.errors import ConfigError
-    from rats_plugins.rewards.pickscore import pickscore
+    from rats_plugins.rewards.plugin import pickscore
     from rats_plugins.scenes import preferences
     from rats_plugins.scenes.judge import JudgeNet, save_judge
     from rats_plugins.scenes.metrics import WEIGHTS_DIR
