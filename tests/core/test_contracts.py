@@ -12,7 +12,8 @@ from __future__ import annotations
 import inspect
 import math
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -24,9 +25,37 @@ from rats_core.registry.catalogue import KINDS
 from rats_core.method.shaping import validate_horizons
 from rats_core.method.sigmas import initial_latents
 
-#: (kind, name) -> options to build with, for components whose factories require options.
-EXAMPLE_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
+
+@lru_cache(maxsize=None)
+def _tiny_rewards() -> Any:
+    """tests/plugins/tiny_rewards.py: tiny random reward models in the official layouts, written offline."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "plugins" / "tiny_rewards.py"
+    spec = importlib.util.spec_from_file_location("tiny_rewards", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("tiny_rewards", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_aesthetic(folder: Path) -> dict[str, Any]:
+    pth, clip, _ = _tiny_rewards().build_aesthetic(folder)
+    return {"path": str(pth), "clip": str(clip)}
+
+
+def _tiny_clip(folder: Path) -> dict[str, Any]:
+    return {"path": str(_tiny_rewards().build_clip(folder))}
+
+
+#: (kind, name) -> options to build with, for components whose factories require options or weights.
+#: A callable is given an empty folder to write tiny weights into and returns the options.
+EXAMPLE_OPTIONS: dict[tuple[str, str], dict[str, Any] | Callable[[Path], dict[str, Any]]] = {
     ("horizons", "explicit"): {"steps": [0, -1], "weights": [0.5, 1.0]},
+    ("rewards", "aesthetic"): _tiny_aesthetic,
+    ("rewards", "clipscore"): _tiny_clip,
+    ("metrics", "clipscore"): lambda folder: {**_tiny_clip(folder), "device": "cpu"},
 }
 
 PROMPTS = ["a photo of a cat", "the digit 7"]
@@ -48,9 +77,11 @@ def _cases() -> list:
 
 
 @lru_cache(maxsize=None)
-def _build(kind: str, name: str) -> Any:
+def _build(kind: str, name: str, folder: Path) -> Any:
     component = get_registry().get(kind, name)
     options = EXAMPLE_OPTIONS.get((kind, name), {})
+    if callable(options):
+        options = options(folder / f"{kind}-{name}")
     required = [
         p.name
         for p in inspect.signature(component.factory).parameters.values()
@@ -194,10 +225,10 @@ CHECKS = {
 
 
 @pytest.mark.parametrize("kind, name", _cases())
-def test_contract(kind, name):
+def test_contract(kind, name, tmp_path_factory):
     if kind == "registry":
         get_registry()  # raises the loading error
-    component = _build(kind, name)
+    component = _build(kind, name, tmp_path_factory.getbasetemp() / "contract-examples")
     CHECKS[kind](component)
 
 
