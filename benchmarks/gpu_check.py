@@ -50,7 +50,7 @@ PAPER = {"flux": {"s_per_step": 7.57, "peak_gb": 67.67, "hours_400_steps": 0.83}
 def _random_part(spec: dict, device: str, dtype):
     import torch
 
-    from rats_core.estimate.estimate import build_part
+    from rats_core.estimate import build_part
 
     torch.manual_seed(0)
     return build_part(spec, device=device, dtype=dtype)
@@ -69,7 +69,7 @@ def build_pipeline(name: str, device: str, dtype):
                            FluxPipeline, PixArtAlphaPipeline, PNDMScheduler, StableDiffusionPipeline,
                            StableDiffusionXLPipeline)
 
-    from rats_core.estimate.estimate import load_arch
+    from rats_core.estimate import load_arch
 
     parts = load_arch(name)["parts"]
     build = {role: _random_part(spec, device, dtype) for role, spec in parts.items()}
@@ -136,7 +136,7 @@ def write_rewards(folder: Path, names: list[str], tiny_models: bool, device: str
             else:
                 from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
 
-                from rats_core.estimate.estimate import load_arch
+                from rats_core.estimate import load_arch
 
                 model = _random_part(load_arch("pickscore")["parts"]["model"], device, None)
                 with torch.no_grad():
@@ -200,7 +200,7 @@ def official_imagereward_state(device: str = "cpu") -> dict:
     BERT-base with cross-attention, the MLP head), from the architecture in ``rats_plugins.archs``."""
     import re
 
-    from rats_core.estimate.estimate import load_arch
+    from rats_core.estimate import load_arch
 
     parts = load_arch("imagereward")["parts"]
     state = {}
@@ -249,7 +249,7 @@ def run_one(name: str, args: argparse.Namespace, overrides: list[str]) -> dict:
     import torch
 
     from rats_core.config import load_config
-    from rats_core.estimate.estimate import GiB, estimate
+    from rats_core.estimate import GiB, estimate
     from rats_core.training.trainer import Trainer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -344,7 +344,7 @@ def activation_check(args: argparse.Namespace) -> dict:
     import rats_core  # noqa: F401
     import torch
 
-    from rats_core.estimate import estimate as est
+    from rats_core import estimate as est
     from rats_core.config import load_config
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -393,7 +393,7 @@ def activation_check(args: argparse.Namespace) -> dict:
         z = torch.zeros(1, 4, side, side, device=dev, dtype=dtype, requires_grad=True)
         return (lambda: m.decode(z, return_dict=False)[0]), [z], None
 
-    with est._quiet_libraries():
+    with est.quiet_libraries():
         cases["vae_decode"] = measure("vae", vae, vae_call)
     del vae
     cfg = load_config(ROOT / "experiments" / "sd15.yaml", ["student.lora={rank: 64, alpha: 64}"])
@@ -402,7 +402,7 @@ def activation_check(args: argparse.Namespace) -> dict:
 
         def unet_call(m, dev):
             if not any("lora_" in n for n, _ in m.named_parameters()):
-                est._lora_trainable(m, cfg, "sd15", None)
+                est.lora_trainable(m, cfg, "sd15", None)
                 m.to(dtype)
             if ckpt:
                 m.enable_gradient_checkpointing()
@@ -410,7 +410,7 @@ def activation_check(args: argparse.Namespace) -> dict:
             fn, inputs = est.denoiser_call(arch["parts"]["denoiser"], m, 1, side, 77, torch.device(dev), dtype)
             return fn, inputs, None
 
-        with est._quiet_libraries():
+        with est.quiet_libraries():
             cases[f"unet_lora64{'_checkpointed' if ckpt else ''}"] = measure("denoiser", unet, unet_call)
         del unet
     return {"device": device, "resolution": args.act_resolution, "dtype": str(dtype), "cases": cases}
@@ -490,7 +490,7 @@ def _flux_fits(args: argparse.Namespace) -> str | None:
     import torch
 
     from rats_core.config import load_config
-    from rats_core.estimate.estimate import GiB, estimate
+    from rats_core.estimate import GiB, estimate
 
     cfg = load_config(ROOT / "experiments" / "flux.yaml", list(args.overrides))
     e = estimate(cfg)

@@ -9,7 +9,11 @@ _passive_openmp_wait()
 # it runs when torchvision is first looked up, so that importing rats does not import torch.
 _install_import_guards()
 
+from rats_core import _moved  # noqa: E402
 from rats_core.registry.hookspecs import hookimpl, hookspec  # noqa: E402
+
+# Plugins written against the flat layout of 0.1.0 (rats_core.sigmas, rats_core.plugins, ...) keep importing.
+_moved.install()
 
 __version__ = "0.1.0"
 __all__ = ["hookimpl", "hookspec", "__version__"]

@@ -257,7 +257,7 @@ def test_gpu_check_assembles_each_full_size_pipeline(name):
     sys.path.insert(0, str(BENCH))
     import gpu_check
 
-    from rats_core.estimate.estimate import build_part, count_params, load_arch
+    from rats_core.estimate import build_part, count_params, load_arch
 
     pipe = gpu_check.build_pipeline(name, "meta", None)
     denoiser = pipe.unet if name in ("sd15", "sdxl") else pipe.transformer
@@ -270,7 +270,7 @@ def test_gpu_check_writes_imagereward_in_the_official_layout():
     sys.path.insert(0, str(BENCH))
     import gpu_check
 
-    from rats_core.estimate.estimate import build_part, load_arch
+    from rats_core.estimate import build_part, load_arch
     from rats_plugins.rewards.imagereward import map_official_state_dict
 
     parts = map_official_state_dict(gpu_check.official_imagereward_state("meta"))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from rats_core.estimate import estimate as est
+from rats_core import estimate as est
 from rats_core.cli import main
 from rats_core.config import load_config
 
@@ -248,8 +248,8 @@ def test_wan_denoiser_inputs_are_video_latents_and_umt5_states():
     assert [tuple(x.shape) for x in inputs] == [(2, 16, 3, 2, 4), (2,), (2, 12, 32)]
     assert tuple(fn()[0].shape) == (2, 16, 3, 2, 4)
     spec = est.load_arch("wan")["parts"]["denoiser"]
-    assert est._text_length(_wan_cfg(), spec) == 512  # UMT5 padded as WanPipeline pads it
-    assert est._text_length(_wan_cfg("backbone.max_sequence_length=226"), spec) == 226
+    assert est.text_length(_wan_cfg(), spec) == 512  # UMT5 padded as WanPipeline pads it
+    assert est.text_length(_wan_cfg("backbone.max_sequence_length=226"), spec) == 226
 
 
 def test_wan_decode_traced_on_meta_equals_cpu_and_decode_grad_frames_bounds_it():
@@ -259,7 +259,7 @@ def test_wan_decode_traced_on_meta_equals_cpu_and_decode_grad_frames_bounds_it()
     def saved(device, grad_frames):
         vae = tiny_wan.wan_vae().to(device)
         z = torch.zeros(2, 16, 3, 4, 6, device=device, requires_grad=True)
-        decode = est._video_decode("WanTransformer3DModel", vae, grad_frames)
+        decode = est.video_decode("WanTransformer3DModel", vae, grad_frames)
         return est.trace(lambda: decode(z), [vae], [], [z]).saved
 
     every, one = saved("cpu", None), saved("cpu", 1)
@@ -330,10 +330,10 @@ def test_the_will_it_fit_table_in_the_docs_is_what_the_command_prints():
 
 def test_student_calls_with_a_graph_follow_grad_steps_and_horizons():
     cfg = lambda *o: load_config(REPO / "experiments/sd15.yaml", list(o))  # noqa: E731
-    assert est._student_grad_evals(cfg()) == 4  # horizons "all": every one of K = 4 steps is matched
-    assert est._student_grad_evals(cfg("loss.alpha=0")) == 1  # reward only: the last K_grad step
-    assert est._student_grad_evals(cfg("loss.alpha=0", "student.grad_steps=3")) == 3
-    assert est._student_grad_evals(cfg("student.horizon_gradients=false")) == 1
+    assert est.student_grad_evals(cfg()) == 4  # horizons "all": every one of K = 4 steps is matched
+    assert est.student_grad_evals(cfg("loss.alpha=0")) == 1  # reward only: the last K_grad step
+    assert est.student_grad_evals(cfg("loss.alpha=0", "student.grad_steps=3")) == 3
+    assert est.student_grad_evals(cfg("student.horizon_gradients=false")) == 1
 
 
 def test_rewards_are_counted_from_a_local_model_folder_when_given(tiny_sd15, tmp_path):
@@ -356,12 +356,12 @@ def test_validate_line_never_fails_the_validation(tiny_sd15, monkeypatch):
     def no_weights(*a, **k):
         raise RuntimeError("no such weights")
 
-    monkeypatch.setattr(est, "estimate", no_weights)
+    monkeypatch.setattr("rats_core.estimate.tables.estimate", no_weights)  # where validate_line looks it up
     assert est.validate_line(cfg, "x") == "estimate: not available for this config (no such weights)"
 
 
 def test_estimate_ranks_default_to_the_launcher_or_one_and_eight(monkeypatch):
-    from rats_core.estimate.estimate import default_ranks
+    from rats_core.estimate import default_ranks
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert default_ranks(None) == (1, 8)  # one rank alone makes ZeRO-3 look the worst choice

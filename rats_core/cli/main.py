@@ -69,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
           f"K={cfg.student.steps}, N={cfg.teacher.steps}, gate {cfg.gate.name}, horizons {cfg.horizons.name}, "
           f"rewards {[r.name for r in cfg.rewards]}, callbacks {[c.name for c in cfg.callbacks]})")
     if _may_use_gpu(cfg):  # said without importing torch (seconds) where the answer is plainly no
-        from rats_core.estimate.estimate import gpu_config, validate_line
+        from rats_core.estimate.tables import gpu_config, validate_line
 
         if gpu_config(cfg):  # a GPU run: whether it fits
             print(validate_line(cfg, args.config))

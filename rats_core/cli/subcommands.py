@@ -92,6 +92,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 @arg("--json", action="store_true", help="print JSON for machines")
 @arg("--markdown", action="store_true", help="print the will-it-fit table (1, 2, 8 GPUs) as docs/backbones.md has it")
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from rats_core.estimate.estimate import cmd_estimate as run
+    from rats_core.estimate.tables import cmd_estimate as run
 
     return run(args)

@@ -463,11 +463,21 @@ import torch
 from pydantic import Field
 
 from rats_core import hookimpl
+# written against the flat layout of rats 0.1.0 (docs/plugins.md before rats_core was cut into layers)
+from rats_core.errors import WeightsNotFoundError  # noqa: F401
+from rats_core.interfaces import check_reward_output
+from rats_core.sigmas import x0_from_eps
 
 
 def redness(weight: float = 1.0):
     """Mean of the red channel."""
-    return lambda images, prompts: weight * images[:, 0].mean(dim=(1, 2))
+    def score(images, prompts):
+        out = weight * images[:, 0].mean(dim=(1, 2))
+        check_reward_output("thirdparty-reward", out, len(prompts))
+        return out
+
+    assert torch.equal(x0_from_eps(torch.ones(1), torch.zeros(1), 0.0), torch.ones(1))
+    return score
 
 
 def coin(p: Annotated[float, Field(ge=0, le=1)] = 0.5):
@@ -552,6 +562,12 @@ def test_third_party_package_installed_for_real(thirdparty_venv):
     proc = _run_cli(python, "validate", str(cfg))
     assert proc.returncode == 0, proc.stderr
     assert "thirdparty-reward" in proc.stdout
+
+    # it trains and reports unchanged (old module paths answer with a DeprecationWarning, nothing else)
+    proc = subprocess.run([python, "-m", "rats_core.cli", "run", str(cfg), f"output_dir={cfg.parent / 'run'}"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (cfg.parent / "run" / "report.md").read_text().splitlines()[2].startswith("Verdict:")
 
     # RATS_LOAD_PLUGINS="" turns it off: the config no longer validates
     proc = _run_cli(python, "validate", str(cfg), RATS_LOAD_PLUGINS="")
