@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from rats_core.training import progress
-from rats_core.evaluation.report import metric_axis_label, metric_direction, reward_vs_nfe, save_image, write_eval_report
+from rats_core.evaluation.pictures import metric_axis_label, metric_direction, reward_vs_nfe, save_image
+from rats_core.evaluation.report import write_eval_report
 
 
 def test_plain_progress_lines_when_not_a_terminal(monkeypatch):
@@ -168,7 +169,7 @@ def test_grid_marks_each_image_with_the_judges_verdict(tmp_path, saved_figure):
     """A judge metric's marks frame each image green (right) or red (wrong, with what was wrong)."""
     import numpy as np
 
-    from rats_core.evaluation.report import image_grid
+    from rats_core.evaluation.pictures import image_grid
 
     images = {"base": torch.rand(2, 3, 32, 32), "student": torch.rand(2, 3, 32, 32)}
     marks = {"base": [(False, "count, shape"), (True, "")], "student": [(True, ""), (True, "")]}
@@ -256,7 +257,7 @@ def _grey_video(frames: int = 5, side: int = 4) -> torch.Tensor:
 
 
 def test_a_video_is_shown_as_its_first_middle_and_last_frame():
-    from rats_core.evaluation.report import frame_strip
+    from rats_core.evaluation.pictures import frame_strip
 
     video = _grey_video()
     strip = frame_strip(video)
@@ -287,7 +288,7 @@ def test_a_video_is_saved_as_an_animated_gif_or_a_frame_strip_png(tmp_path):
 
 
 def test_a_grid_of_videos_shows_frame_strips_and_says_which_frames(tmp_path, saved_figure):
-    from rats_core.evaluation.report import image_grid
+    from rats_core.evaluation.pictures import image_grid
 
     videos = torch.stack([_grey_video(), 1 - _grey_video()])
     image_grid({"student": videos}, ["a", "b"], tmp_path / "g.png", rows={"student": "student"}, title="Samples")

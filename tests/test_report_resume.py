@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from rats_core.config import load_config
-from rats_core.evaluation.report import overtake_step, run_history, stays_ahead
+from rats_core.evaluation.history import overtake_step, run_history, stays_ahead
 from rats_core.training.trainer import Trainer, train
 
 BASE = {

@@ -354,7 +354,7 @@ def end_of_run_report(trainer: "Trainer") -> dict[str, Any] | None:
     images.update(im)
     if not trainer.dist.is_main:
         return None
-    from rats_core.evaluation.report import run_history
+    from rats_core.evaluation.history import run_history
 
     # the whole run's records: after a resume, trainer.history holds only this process's steps
     history = run_history(trainer.output_dir, trainer.history, last_step=trainer.step)
@@ -428,7 +428,7 @@ def compare(
     configured: a set-level metric needs all of a variant's images at once). ``save_dir`` also
     writes every image as ``save_dir/<model>_<steps>steps/<index>.png`` with an ``index.jsonl``.
     """
-    from rats_core.evaluation.report import image_suffix, save_image
+    from rats_core.evaluation.pictures import image_suffix, save_image
     from rats_core.evaluation.runs import swapped_state
 
     expanded = [p for p in prompts for _ in range(images_per_prompt)]
@@ -552,7 +552,8 @@ def cmd_eval(args: Any) -> int:
 
     from rats_core.config import check_components, load_config
     from rats_core.errors import UsageError
-    from rats_core.evaluation.report import steps_label, write_eval_report
+    from rats_core.evaluation.report import write_eval_report
+    from rats_core.evaluation.variants import steps_label
     from rats_core.evaluation.runs import check_output_path, load_run, pick_device
 
     target = Path(args.target).expanduser()

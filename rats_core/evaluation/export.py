@@ -71,7 +71,7 @@ def _parse_positive(text: str | None, what: str, default: int | None = None) -> 
 
 def cmd_sample(args: Any) -> int:
     from rats_core.evaluation.evaluate import generate
-    from rats_core.evaluation.report import image_suffix, save_image
+    from rats_core.evaluation.pictures import image_suffix, save_image
     from rats_core.evaluation.runs import check_output_path, check_run_dir, load_run, swapped_state
     from rats_core.prompts import load_prompts
 

@@ -24,7 +24,7 @@ PLUGINS = REPO / "plugins"
 
 #: layer of each top-level module or subpackage of rats_core; imports may only go to the same or a lower one
 LAYERS = {
-    "errors": 0, "_compat": 0, "timing": 0, "parallel": 0,
+    "errors": 0, "_compat": 0, "_moved": 0, "timing": 0, "parallel": 0,
     "prompts": 1, "registry": 1,
     "weights": 2, "config": 2,
     "method": 3,
