@@ -20,28 +20,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rats_core.sigmas import x0_from_flow
+from rats_core.method.sigmas import x0_from_flow
 
-from ._diffusers_common import (
-    DTYPES,
-    DiffusersBackbone,
-    Part,
-    batch_cond,
-    cfg,
-    check_resolution,
-    configure_vae,
-    freeze,
-    load_part,
-    load_tokenizer,
-    load_vae,
-    locate_weights,
-    module_dtype,
-    per_sample,
-    resolve_device,
-    to_device,
-    vae_scale_factor,
-)
+from .devices import module_dtype
+from .diffusers_backbone import DiffusersBackbone, check_resolution
+from .options import FluxOptions
 from .plugin import flux  # noqa: F401  (the factory lives in plugin.py)
+from .sampling import calculate_shift, cfg, per_sample, to_device
+from .text import load_tokenizer, tokenize
+from .vae import vae_scale_factor
+from .weights import Part, load_part
 
 DEFAULT_ID = "black-forest-labs/FLUX.1-dev"
 
@@ -61,13 +49,6 @@ FLUX_LORA_TARGETS = [
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
     "proj_mlp", "proj_out",
 ]
-
-
-def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
-                    base_shift: float = 0.5, max_shift: float = 1.15) -> float:
-    """FluxPipeline's resolution-dependent shift ``mu``: linear in the number of image tokens."""
-    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
-    return image_seq_len * m + base_shift - m * base_seq_len
 
 
 def pack(latents: Tensor) -> Tensor:
@@ -100,49 +81,24 @@ class FluxBackbone(DiffusersBackbone):
     pipeline_class = "FluxPipeline"
     interpolation = "flow"
 
-    def __init__(
-        self,
-        path: str | None = None,
-        *,
-        resolution: int | None = None,
-        device: str | None = None,
-        dtype: str = "bf16",
-        denoiser_dtype: str = "bf16",
-        gradient_checkpointing: bool = False,
-        vae_slicing: bool = False,
-        vae_tiling: bool = False,
-        max_sequence_length: int = 512,
-        variant: str | None = None,
-        revision: str | None = None,
-    ):
+    def __init__(self, options: FluxOptions):
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import CLIPTextModel, T5EncoderModel
 
-        self.device = resolve_device(device)
-        parts = (TRANSFORMER, VAE, TEXT_ENCODER, TEXT_ENCODER_2, TOKENIZER, TOKENIZER_2, SCHEDULER)
-        self.source = locate_weights(path, DEFAULT_ID, parts, self.name, revision=revision, variant=variant)
-        frozen = DTYPES[dtype]
+        self._locate(options, DEFAULT_ID, (TRANSFORMER, VAE, TEXT_ENCODER, TEXT_ENCODER_2, TOKENIZER, TOKENIZER_2,
+                                          SCHEDULER))
         self.scheduler = load_part(self.source, SCHEDULER, FlowMatchEulerDiscreteScheduler.from_pretrained)
-        self.max_sequence_length = max_sequence_length
+        self.max_sequence_length = options.max_sequence_length
         self.tokenizer = load_tokenizer(self.source, TOKENIZER)
         self.tokenizer_2 = load_tokenizer(self.source, TOKENIZER_2)
-        clip = load_part(self.source, TEXT_ENCODER, CLIPTextModel.from_pretrained, dtype=frozen, variant=variant,
-                         transformers=True)
-        t5 = load_part(self.source, TEXT_ENCODER_2, T5EncoderModel.from_pretrained, dtype=frozen, variant=variant,
-                       transformers=True)
-        self.text_encoder = freeze(clip).to(self.device)
-        self.text_encoder_2 = freeze(t5).to(self.device)
-        self.vae = load_vae(self.source, VAE, frozen, variant, self.device)
-        configure_vae(self.vae, vae_slicing, vae_tiling)
-        transformer = load_part(self.source, TRANSFORMER, FluxTransformer2DModel.from_pretrained,
-                                dtype=DTYPES[denoiser_dtype], variant=variant)
-        self.denoiser = transformer.to(self.device)
-        if gradient_checkpointing:
-            self.denoiser.enable_gradient_checkpointing()
+        self.text_encoder = self._load_text_encoder(TEXT_ENCODER, CLIPTextModel.from_pretrained)
+        self.text_encoder_2 = self._load_text_encoder(TEXT_ENCODER_2, T5EncoderModel.from_pretrained)
+        self.vae = self._load_vae(VAE)
+        transformer = self.denoiser = self._load_denoiser(TRANSFORMER, FluxTransformer2DModel.from_pretrained)
         self.guidance_embeds = bool(transformer.config.guidance_embeds)
         self.vae_factor = vae_scale_factor(self.vae)
         self.latent_channels = transformer.config.in_channels // 4
-        self.resolution = check_resolution(resolution or 1024, self.vae_factor * 2, self.name)
+        self.resolution = check_resolution(options.resolution or 1024, self.vae_factor * 2, self.name)
         self.lora_target_modules = list(FLUX_LORA_TARGETS)
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -151,11 +107,9 @@ class FluxBackbone(DiffusersBackbone):
     # -- text
 
     def _encode(self, prompts: list[str]) -> dict[str, Any]:
-        clip_ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt").input_ids
+        clip_ids = tokenize(self.tokenizer, prompts).input_ids
         pooled = self.text_encoder(clip_ids.to(self.device), output_hidden_states=False).pooler_output
-        t5_ids = self.tokenizer_2(prompts, padding="max_length", max_length=self.max_sequence_length,
-                                  truncation=True, return_tensors="pt").input_ids
+        t5_ids = tokenize(self.tokenizer_2, prompts, self.max_sequence_length).input_ids
         embeds = self.text_encoder_2(t5_ids.to(self.device), output_hidden_states=False)[0]
         text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=embeds.dtype)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "text_ids": text_ids}
@@ -197,8 +151,7 @@ class FluxBackbone(DiffusersBackbone):
         tokens = pack(x)
         t = self.timestep(s) / 1000
         if true_cfg:
-            cond = batch_cond(cond, to_device(self.negative_cond(), x.device), b)
-            tokens, t = torch.cat([tokens, tokens]), torch.cat([t, t])
+            cond, (tokens, t) = self._guided(cond, tokens, t)
         guidance = None
         if self.guidance_embeds:
             guidance = torch.full((tokens.shape[0],), float(guidance_scale), device=x.device, dtype=torch.float32)

@@ -19,30 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rats_core.sigmas import ve_model_input
+from rats_core.method.sigmas import ve_model_input
 
-from ._diffusers_common import (
-    DTYPES,
-    DiffusersBackbone,
-    Part,
-    VESchedule,
-    batch_cond,
-    cfg,
-    check_resolution,
-    configure_vae,
-    freeze,
-    load_part,
-    load_tokenizer,
-    load_vae,
-    locate_weights,
-    module_dtype,
-    per_sample,
-    resolve_device,
-    to_device,
-    vae_scale_factor,
-    ve_x0,
-)
+from .devices import module_dtype
+from .diffusers_backbone import DiffusersBackbone, check_resolution
+from .options import PixArtOptions
 from .plugin import pixart  # noqa: F401  (the factory lives in plugin.py)
+from .sampling import VESchedule, cfg, ve_x0
+from .text import load_tokenizer, tokenize
+from .vae import vae_scale_factor
+from .weights import Part, load_part
 
 DEFAULT_ID = "PixArt-alpha/PixArt-XL-2-512x512"
 
@@ -63,45 +49,20 @@ class PixArtBackbone(DiffusersBackbone):
     name = "pixart"
     interpolation = "ve"
 
-    def __init__(
-        self,
-        path: str | None = None,
-        *,
-        resolution: int | None = None,
-        device: str | None = None,
-        dtype: str = "fp32",
-        denoiser_dtype: str = "fp32",
-        gradient_checkpointing: bool = False,
-        vae_slicing: bool = False,
-        vae_tiling: bool = False,
-        timestep_spacing: str = "trailing",
-        max_sequence_length: int | None = None,
-        variant: str | None = None,
-        revision: str | None = None,
-    ):
+    def __init__(self, options: PixArtOptions):
         from diffusers import EulerDiscreteScheduler, PixArtTransformer2DModel
         from transformers import T5EncoderModel
 
-        self.device = resolve_device(device)
-        parts = (TRANSFORMER, VAE, TEXT_ENCODER, TOKENIZER, SCHEDULER)
-        self.source = locate_weights(path, DEFAULT_ID, parts, self.name, revision=revision, variant=variant)
+        self._locate(options, DEFAULT_ID, (TRANSFORMER, VAE, TEXT_ENCODER, TOKENIZER, SCHEDULER))
         self.sigma_variant = self.source.model_index.get("_class_name") == "PixArtSigmaPipeline"
         self.pipeline_class = "PixArtSigmaPipeline" if self.sigma_variant else "PixArtAlphaPipeline"
-        self.max_sequence_length = max_sequence_length or (300 if self.sigma_variant else 120)
-        frozen = DTYPES[dtype]
+        self.max_sequence_length = options.max_sequence_length or (300 if self.sigma_variant else 120)
         self.schedule = VESchedule(load_part(self.source, SCHEDULER, EulerDiscreteScheduler.load_config),
-                                   timestep_spacing)
+                                   options.timestep_spacing)
         self.tokenizer = load_tokenizer(self.source, TOKENIZER)
-        encoder = load_part(self.source, TEXT_ENCODER, T5EncoderModel.from_pretrained, dtype=frozen, variant=variant,
-                            transformers=True)
-        self.text_encoder = freeze(encoder).to(self.device)
-        self.vae = load_vae(self.source, VAE, frozen, variant, self.device)
-        configure_vae(self.vae, vae_slicing, vae_tiling)
-        transformer = load_part(self.source, TRANSFORMER, PixArtTransformer2DModel.from_pretrained,
-                                dtype=DTYPES[denoiser_dtype], variant=variant)
-        self.denoiser = transformer.to(self.device)
-        if gradient_checkpointing:
-            self.denoiser.enable_gradient_checkpointing()
+        self.text_encoder = self._load_text_encoder(TEXT_ENCODER, T5EncoderModel.from_pretrained)
+        self.vae = self._load_vae(VAE)
+        transformer = self.denoiser = self._load_denoiser(TRANSFORMER, PixArtTransformer2DModel.from_pretrained)
         self.vae_factor = vae_scale_factor(self.vae)
         self.latent_channels = transformer.config.in_channels
         self.learned_sigma = transformer.config.out_channels == 2 * self.latent_channels
@@ -109,25 +70,18 @@ class PixArtBackbone(DiffusersBackbone):
         # or LoRA'd copy may hide the attribute).
         self.resolution_conditioning = bool(transformer.use_additional_conditions)
         multiple = self.vae_factor * transformer.config.patch_size
-        self.resolution = check_resolution(resolution or transformer.config.sample_size * self.vae_factor, multiple,
-                                           self.name)
+        self.resolution = check_resolution(options.resolution or transformer.config.sample_size * self.vae_factor,
+                                           multiple, self.name)
         self.lora_target_modules = list(PIXART_LORA_TARGETS)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.vae, self.text_encoder]
 
     def _encode(self, prompts: list[str]) -> dict[str, Any]:
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True,
-                                add_special_tokens=True, return_tensors="pt")
+        tokens = tokenize(self.tokenizer, prompts, self.max_sequence_length, add_special_tokens=True)
         mask = tokens.attention_mask.to(self.device)
         hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
         return {"encoder_hidden_states": hidden, "encoder_attention_mask": mask}
-
-    def sigmas(self, num_steps: int) -> Tensor:
-        return self.schedule.sigmas(num_steps)
-
-    def timestep(self, sigma: Tensor | float) -> Tensor:
-        return self.schedule.timestep(torch.as_tensor(sigma, dtype=torch.float32).detach().cpu())
 
     def _added_cond(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         if not self.resolution_conditioning:
@@ -140,33 +94,21 @@ class PixArtBackbone(DiffusersBackbone):
 
     def predict_x0(self, denoiser: nn.Module, x: Tensor, sigma: Tensor, cond: Any,
                    guidance_scale: float = 1.0) -> Tensor:
-        self._note_guidance(guidance_scale)
-        b = x.shape[0]
-        s = per_sample(sigma, b, x.device)
-        t = per_sample(self.timestep(sigma), b, x.device)
-        inp = ve_model_input(x, s)
-        cond = to_device(cond, x.device)
-        guided = guidance_scale > 1
-        if guided:
-            cond = batch_cond(cond, to_device(self.negative_cond(), x.device), b)
-            inp, t = torch.cat([inp, inp]), torch.cat([t, t])
+        net = self._network_inputs(x, sigma, cond, guidance_scale, ve_model_input)
         dtype = module_dtype(denoiser)
         out = denoiser(
-            inp.to(dtype),
-            encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
-            encoder_attention_mask=cond["encoder_attention_mask"],
-            timestep=t,
-            added_cond_kwargs=self._added_cond(inp.shape[0], x.device, dtype),
+            net.x.to(dtype),
+            encoder_hidden_states=net.cond["encoder_hidden_states"].to(dtype),
+            encoder_attention_mask=net.cond["encoder_attention_mask"],
+            timestep=net.t,
+            added_cond_kwargs=self._added_cond(net.x.shape[0], x.device, dtype),
             return_dict=False,
         )[0].to(x.dtype)
         if self.learned_sigma:
             out = out.chunk(2, dim=1)[0]
-        if guided:
+        if net.guided:
             out = cfg(*out.chunk(2), guidance_scale)
-        return ve_x0(self.schedule.prediction_type, x, s, out)
-
-    def _export_scheduler(self):
-        return self.schedule.export_scheduler()
+        return ve_x0(self.schedule.prediction_type, x, net.sigma, out)
 
     def _export_pipeline(self, denoiser: nn.Module, scheduler: Any):
         import diffusers

@@ -14,30 +14,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rats_core.sigmas import ve_model_input
+from rats_core.method.sigmas import ve_model_input
 
-from ._diffusers_common import (
-    DTYPES,
-    DiffusersBackbone,
-    Part,
-    VESchedule,
-    batch_cond,
-    cfg,
-    check_resolution,
-    configure_vae,
-    freeze,
-    load_part,
-    load_tokenizer,
-    load_vae,
-    locate_weights,
-    module_dtype,
-    per_sample,
-    resolve_device,
-    to_device,
-    vae_scale_factor,
-    ve_x0,
-)
+from .devices import module_dtype
+from .diffusers_backbone import DiffusersBackbone, check_resolution
+from .options import UNetOptions
 from .plugin import sd15  # noqa: F401  (the factory lives in plugin.py)
+from .sampling import VESchedule, cfg, ve_x0
+from .text import load_tokenizer, tokenize
+from .vae import vae_scale_factor
+from .weights import Part, load_part
 
 DEFAULT_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -64,102 +50,56 @@ class SD15Backbone(DiffusersBackbone):
     default_id = DEFAULT_ID
     parts = (UNET, VAE, TEXT_ENCODER, TOKENIZER, SCHEDULER)
 
-    def __init__(
-        self,
-        path: str | None = None,
-        *,
-        resolution: int | None = None,
-        device: str | None = None,
-        dtype: str = "fp32",
-        denoiser_dtype: str = "fp32",
-        gradient_checkpointing: bool = False,
-        vae_slicing: bool = False,
-        vae_tiling: bool = False,
-        timestep_spacing: str = "trailing",
-        prediction_type: str | None = None,
-        variant: str | None = None,
-        revision: str | None = None,
-    ):
+    def __init__(self, options: UNetOptions):
         from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
 
-        self.device = resolve_device(device)
-        self.source = locate_weights(path, self.default_id, self.parts, self.name, revision=revision, variant=variant)
-        frozen = DTYPES[dtype]
+        self._locate(options, self.default_id, self.parts)
         self.schedule = VESchedule(load_part(self.source, SCHEDULER, EulerDiscreteScheduler.load_config),
-                                   timestep_spacing, prediction_type)
-        self._load_text(frozen, variant)
-        self.vae = load_vae(self.source, VAE, frozen, variant, self.device)
-        configure_vae(self.vae, vae_slicing, vae_tiling)
-        unet = load_part(self.source, UNET, UNet2DConditionModel.from_pretrained, dtype=DTYPES[denoiser_dtype],
-                         variant=variant)
-        self.denoiser = unet.to(self.device)
-        if gradient_checkpointing:
-            self.denoiser.enable_gradient_checkpointing()
+                                   options.timestep_spacing, options.prediction_type)
+        self._load_text()
+        self.vae = self._load_vae(VAE)
+        unet = self.denoiser = self._load_denoiser(UNET, UNet2DConditionModel.from_pretrained)
         self.vae_factor = vae_scale_factor(self.vae)
         self.latent_channels = unet.config.in_channels
         multiple = self.vae_factor * 2 ** (len(unet.config.block_out_channels) - 1)
-        self.resolution = check_resolution(resolution or unet.config.sample_size * self.vae_factor, multiple, self.name)
+        self.resolution = check_resolution(options.resolution or unet.config.sample_size * self.vae_factor, multiple,
+                                           self.name)
         self.lora_target_modules = list(UNET_LORA_TARGETS)
 
     # -- text
 
-    def _load_text(self, dtype: torch.dtype, variant: str | None) -> None:
+    def _load_text(self) -> None:
         from transformers import CLIPTextModel
 
         self.tokenizer = load_tokenizer(self.source, TOKENIZER)
-        encoder = load_part(self.source, TEXT_ENCODER, CLIPTextModel.from_pretrained, dtype=dtype, variant=variant,
-                            transformers=True)
-        self.text_encoder = freeze(encoder).to(self.device)
+        self.text_encoder = self._load_text_encoder(TEXT_ENCODER, CLIPTextModel.from_pretrained)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.vae, self.text_encoder]
 
-    def _tokens(self, tokenizer: Any, prompts: list[str]):
-        return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt")
-
     def _encode(self, prompts: list[str]) -> dict[str, Any]:
-        tokens = self._tokens(self.tokenizer, prompts)
+        tokens = tokenize(self.tokenizer, prompts)
         mask = None
         if getattr(self.text_encoder.config, "use_attention_mask", False):
             mask = tokens.attention_mask.to(self.device)
         hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
         return {"encoder_hidden_states": hidden}
 
-    # -- σ and the network
-
-    def sigmas(self, num_steps: int) -> Tensor:
-        return self.schedule.sigmas(num_steps)
-
-    def timestep(self, sigma: Tensor | float) -> Tensor:
-        """The (fractional) UNet timestep for σ, as the scheduler maps it."""
-        return self.schedule.timestep(torch.as_tensor(sigma, dtype=torch.float32).detach().cpu())
+    # -- the network
 
     def _unet_kwargs(self, cond: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
         return {"encoder_hidden_states": cond["encoder_hidden_states"].to(dtype)}
 
     def predict_x0(self, denoiser: nn.Module, x: Tensor, sigma: Tensor, cond: Any,
                    guidance_scale: float = 1.0) -> Tensor:
-        self._note_guidance(guidance_scale)
-        b = x.shape[0]
-        s = per_sample(sigma, b, x.device)
-        t = per_sample(self.timestep(sigma), b, x.device)
-        inp = ve_model_input(x, s)
-        cond = to_device(cond, x.device)
-        guided = guidance_scale > 1
-        if guided:
-            cond = batch_cond(cond, to_device(self.negative_cond(), x.device), b)
-            inp, t = torch.cat([inp, inp]), torch.cat([t, t])
+        net = self._network_inputs(x, sigma, cond, guidance_scale, ve_model_input)
         dtype = module_dtype(denoiser)
-        out = denoiser(inp.to(dtype), t, **self._unet_kwargs(cond, dtype), return_dict=False)[0].to(x.dtype)
-        if guided:
+        out = denoiser(net.x.to(dtype), net.t, **self._unet_kwargs(net.cond, dtype), return_dict=False)[0].to(x.dtype)
+        if net.guided:
             out = cfg(*out.chunk(2), guidance_scale)
-        return ve_x0(self.schedule.prediction_type, x, s, out)
+        return ve_x0(self.schedule.prediction_type, x, net.sigma, out)
 
     # -- export
-
-    def _export_scheduler(self):
-        return self.schedule.export_scheduler()
 
     def _export_pipeline(self, denoiser: nn.Module, scheduler: Any):
         from diffusers import StableDiffusionPipeline

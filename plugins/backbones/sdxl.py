@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._diffusers_common import Part, load_part, load_tokenizer
+from .options import UNetOptions
 from .plugin import sdxl  # noqa: F401  (the factory lives in plugin.py)
 from .sd15 import SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE, SD15Backbone
+from .text import clip_states, load_tokenizer
+from .weights import Part
 
 DEFAULT_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 
@@ -34,21 +36,17 @@ class SDXLBackbone(SD15Backbone):
     default_id = DEFAULT_ID
     parts = (UNET, VAE, TEXT_ENCODER, TEXT_ENCODER_2, TOKENIZER, TOKENIZER_2, SCHEDULER)
 
-    def __init__(self, path: str | None = None, **kwargs: Any):
-        super().__init__(path, **kwargs)
+    def __init__(self, options: UNetOptions):
+        super().__init__(options)
         self.force_zeros_for_empty_prompt = bool(self.source.model_index.get("force_zeros_for_empty_prompt", True))
 
-    def _load_text(self, dtype: torch.dtype, variant: str | None) -> None:
+    def _load_text(self) -> None:
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
         self.tokenizer = load_tokenizer(self.source, TOKENIZER)
         self.tokenizer_2 = load_tokenizer(self.source, TOKENIZER_2)
-        enc = load_part(self.source, TEXT_ENCODER, CLIPTextModel.from_pretrained, dtype=dtype, variant=variant,
-                        transformers=True)
-        enc2 = load_part(self.source, TEXT_ENCODER_2, CLIPTextModelWithProjection.from_pretrained, dtype=dtype,
-                         variant=variant, transformers=True)
-        self.text_encoder = enc.requires_grad_(False).eval().to(self.device)
-        self.text_encoder_2 = enc2.requires_grad_(False).eval().to(self.device)
+        self.text_encoder = self._load_text_encoder(TEXT_ENCODER, CLIPTextModel.from_pretrained)
+        self.text_encoder_2 = self._load_text_encoder(TEXT_ENCODER_2, CLIPTextModelWithProjection.from_pretrained)
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.vae, self.text_encoder, self.text_encoder_2]
@@ -56,11 +54,10 @@ class SDXLBackbone(SD15Backbone):
     def _encode(self, prompts: list[str]) -> dict[str, Any]:
         hidden, pooled = [], None
         for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids = self._tokens(tokenizer, prompts).input_ids.to(self.device)
-            out = encoder(ids, output_hidden_states=True)
-            if pooled is None and out[0].ndim == 2:  # the projection encoder's text_embeds
-                pooled = out[0]
-            hidden.append(out.hidden_states[-2])
+            states, first = clip_states(tokenizer, encoder, prompts, self.device)
+            if pooled is None and first.ndim == 2:  # the projection encoder's text_embeds
+                pooled = first
+            hidden.append(states)
         if pooled is None:
             raise ValueError("sdxl: neither text encoder returned pooled text embeddings")
         return {

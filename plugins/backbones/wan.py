@@ -20,7 +20,6 @@ negative prompt (the empty prompt unless ``negative_prompt`` is set), evaluated 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,25 +27,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rats_core.sigmas import x0_from_flow
+from rats_core.method.sigmas import x0_from_flow
 
-from ._diffusers_common import (
-    DTYPES,
-    DiffusersBackbone,
-    Part,
-    batch_cond,
-    cfg,
-    freeze,
-    load_part,
-    load_tokenizer,
-    locate_weights,
-    module_dtype,
-    per_sample,
-    resolve_device,
-    to_device,
-    unwrap_denoiser,
-)
-from .plugin import WAN_NUM_FRAMES, wan  # noqa: F401  (the factory lives in plugin.py)
+from .devices import DTYPES, freeze, module_dtype
+from .diffusers_backbone import DiffusersBackbone
+from .lora import unwrap_denoiser
+from .options import WAN_NUM_FRAMES, WanOptions
+from .plugin import wan  # noqa: F401  (the factory lives in plugin.py)
+from .sampling import SchedulerSigmas, cfg
+from .text import load_tokenizer, tokenize
+from .vae import configure_vae
+from .weights import Part, load_part
 
 DEFAULT_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 #: frame height (px) and video frames when the config gives none (``rats estimate`` uses them too)
@@ -63,11 +54,8 @@ SCHEDULER = Part("scheduler", "the scheduler config")
 #: diffusers Wan LoRA trainers and the step-distilled Wan LoRAs adapt)
 WAN_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 
-#: the export components whose weights are written in the one export dtype
-_WEIGHT_PARTS = ("transformer", "vae", "text_encoder")
 
-
-class WanSchedule:
+class WanSchedule(SchedulerSigmas):
     """σ's and timesteps of a Wan flow model, owned by diffusers' ``UniPCMultistepScheduler``.
 
     Built from the model's scheduler config (``flow_shift`` from a UniPC config, ``shift`` from a
@@ -90,16 +78,7 @@ class WanSchedule:
             solver_order=1, lower_order_final=True, disable_corrector=list(range(self.num_train_timesteps + 1)),
         )
         self.flow_shift = float(shift)
-        self._known: dict[float, float] = {}
-
-    def sigmas(self, num_steps: int) -> Tensor:
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        self.scheduler.set_timesteps(num_steps)
-        sigmas = self.scheduler.sigmas.detach().float().cpu().clone()
-        for s, t in zip(sigmas[:-1].tolist(), self.scheduler.timesteps.cpu().tolist()):
-            self._known[s] = float(t)
-        return sigmas
+        self._known = {}
 
     def timestep(self, sigma: Tensor | float) -> Tensor:
         """The scheduler's timestep(s) for σ (same shape), float32."""
@@ -128,59 +107,29 @@ class WanBackbone(DiffusersBackbone):
     pipeline_class = "WanPipeline"
     interpolation = "flow"
 
-    def __init__(
-        self,
-        path: str | None = None,
-        *,
-        resolution: int | None = None,
-        width: int | None = None,
-        num_frames: int = DEFAULT_NUM_FRAMES,
-        device: str | None = None,
-        dtype: str = "bf16",
-        denoiser_dtype: str = "bf16",
-        vae_dtype: str | None = None,
-        gradient_checkpointing: bool = False,
-        vae_slicing: bool = False,
-        vae_tiling: bool = False,
-        decode_grad_frames: int | None = None,
-        flow_shift: float | None = None,
-        negative_prompt: str = "",
-        max_sequence_length: int = 512,
-        variant: str | None = None,
-        revision: str | None = None,
-    ):
+    def __init__(self, options: WanOptions):
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
         from transformers import UMT5EncoderModel
 
-        self.device = resolve_device(device)
-        parts = (TRANSFORMER, VAE, TEXT_ENCODER, TOKENIZER, SCHEDULER)
-        self.source = locate_weights(path, DEFAULT_ID, parts, self.name, revision=revision, variant=variant)
-        frozen = DTYPES[dtype]
-        self.schedule = WanSchedule(load_part(self.source, SCHEDULER, UniPCMultistepScheduler.load_config), flow_shift)
-        self.max_sequence_length = max_sequence_length
-        self.negative_prompt = negative_prompt
+        self._locate(options, DEFAULT_ID, (TRANSFORMER, VAE, TEXT_ENCODER, TOKENIZER, SCHEDULER))
+        self.schedule = WanSchedule(load_part(self.source, SCHEDULER, UniPCMultistepScheduler.load_config),
+                                    options.flow_shift)
+        self.max_sequence_length = options.max_sequence_length
+        self.negative_prompt = options.negative_prompt
         self.tokenizer = load_tokenizer(self.source, TOKENIZER)
-        encoder = load_part(self.source, TEXT_ENCODER, UMT5EncoderModel.from_pretrained, dtype=frozen,
-                            variant=variant, transformers=True)
-        self.text_encoder = freeze(encoder).to(self.device)
-        vae = load_part(self.source, VAE, AutoencoderKLWan.from_pretrained, dtype=DTYPES[vae_dtype or dtype],
-                        variant=variant)
+        self.text_encoder = self._load_text_encoder(TEXT_ENCODER, UMT5EncoderModel.from_pretrained)
+        vae = load_part(self.source, VAE, AutoencoderKLWan.from_pretrained,
+                        dtype=DTYPES[options.vae_dtype or options.dtype], variant=options.variant)
         self.vae = freeze(vae).to(self.device)
-        if vae_slicing:
-            self.vae.enable_slicing()
-        if vae_tiling:
-            self.vae.enable_tiling()
-        transformer = load_part(self.source, TRANSFORMER, WanTransformer3DModel.from_pretrained,
-                                dtype=DTYPES[denoiser_dtype], variant=variant)
-        self.denoiser = transformer.to(self.device)
-        if gradient_checkpointing:
-            self.denoiser.enable_gradient_checkpointing()
+        configure_vae(self.vae, options.vae_slicing, options.vae_tiling)
+        transformer = self.denoiser = self._load_denoiser(TRANSFORMER, WanTransformer3DModel.from_pretrained)
         self.latent_channels = int(transformer.config.in_channels)
         self.vae_factor = int(self.vae.config.scale_factor_spatial)
         self.temporal_factor = int(self.vae.config.scale_factor_temporal)
         multiple = self.vae_factor * int(transformer.config.patch_size[1])
-        height = resolution or DEFAULT_HEIGHT
-        width = width or height
+        height = options.resolution or DEFAULT_HEIGHT
+        width = options.width or height
+        num_frames, decode_grad_frames = options.num_frames, options.decode_grad_frames
         for what, side in (("resolution", height), ("width", width)):
             if side <= 0 or side % multiple:
                 raise ValueError(f"wan: {what} must be a positive multiple of {multiple}, got {side}")
@@ -200,9 +149,8 @@ class WanBackbone(DiffusersBackbone):
     # -- text
 
     def _encode(self, prompts: list[str]) -> dict[str, Any]:
-        tokens = self.tokenizer([_clean(p) for p in prompts], padding="max_length", max_length=self.max_sequence_length,
-                                truncation=True, add_special_tokens=True, return_attention_mask=True,
-                                return_tensors="pt")
+        tokens = tokenize(self.tokenizer, [_clean(p) for p in prompts], self.max_sequence_length,
+                          add_special_tokens=True, return_attention_mask=True)
         mask = tokens.attention_mask.to(self.device)
         states = self.text_encoder(tokens.input_ids.to(self.device), mask).last_hidden_state
         # the pipeline keeps each prompt's own tokens and zeroes the padding positions
@@ -223,7 +171,7 @@ class WanBackbone(DiffusersBackbone):
 
     def grad_latent_frames(self, latent_frames: int) -> list[int]:
         """The latent frames a differentiable decode keeps a gradient for (all unless ``decode_grad_frames``)."""
-        from rats_core.rewards import frame_indices
+        from rats_core.method.rewards import frame_indices
 
         return frame_indices(latent_frames, self.decode_grad_frames)
 
@@ -232,37 +180,19 @@ class WanBackbone(DiffusersBackbone):
         (:func:`decode_frames` with this backbone's ``decode_grad_frames``)."""
         return decode_frames(self.vae, x0, self.decode_grad_frames)
 
-    # -- σ and the network
-
-    def sigmas(self, num_steps: int) -> Tensor:
-        return self.schedule.sigmas(num_steps)
-
-    def timestep(self, sigma: Tensor | float) -> Tensor:
-        return self.schedule.timestep(sigma)
+    # -- the network
 
     def predict_x0(self, denoiser: nn.Module, x: Tensor, sigma: Tensor, cond: Any,
                    guidance_scale: float = 1.0) -> Tensor:
-        self._note_guidance(guidance_scale)
-        b = x.shape[0]
-        s = per_sample(sigma, b, x.device)
-        t = per_sample(self.timestep(sigma), b, x.device)
-        cond = to_device(cond, x.device)
-        inp = x
-        guided = guidance_scale > 1
-        if guided:
-            cond = batch_cond(cond, to_device(self.negative_cond(), x.device), b)
-            inp, t = torch.cat([inp, inp]), torch.cat([t, t])
+        net = self._network_inputs(x, sigma, cond, guidance_scale)
         dtype = compute_dtype(denoiser)
-        velocity = denoiser(hidden_states=inp.to(dtype), timestep=t,
-                            encoder_hidden_states=cond["prompt_embeds"].to(dtype), return_dict=False)[0].to(x.dtype)
-        if guided:
+        velocity = denoiser(hidden_states=net.x.to(dtype), timestep=net.t,
+                            encoder_hidden_states=net.cond["prompt_embeds"].to(dtype), return_dict=False)[0].to(x.dtype)
+        if net.guided:
             velocity = cfg(*velocity.chunk(2), guidance_scale)
-        return x0_from_flow(x, s, velocity)
+        return x0_from_flow(x, net.sigma, velocity)
 
     # -- export
-
-    def _export_scheduler(self):
-        return self.schedule.export_scheduler()
 
     def _export_pipeline(self, denoiser: nn.Module, scheduler: Any):
         from diffusers import WanPipeline
@@ -285,31 +215,12 @@ class WanBackbone(DiffusersBackbone):
             kwargs["negative_prompt"] = self.negative_prompt
         return kwargs
 
-    def export(self, denoiser: nn.Module, directory: Path, *, steps: int, lora_only: bool = False,
-               guidance_scale: float | None = None, dtype: str | None = None) -> Path:
-        """The shared export (a ``WanPipeline`` folder, or the LoRA alone) with every component's weights
-        in one dtype, ``dtype`` (``fp32``/``bf16``/``fp16``; default fp32, which a plain
-        ``WanPipeline.from_pretrained(folder)`` loads as it is). The saved files are cast too: the shared
-        cast looks at a module's first parameter, which for a bf16 Wan transformer is its fp32-kept
-        ``scale_shift_table``. Frame count and size are recorded in ``rats_export.json``."""
-        if dtype is not None and dtype not in DTYPES:
-            raise ValueError(f"export dtype must be one of fp32, bf16, fp16 (got {dtype!r})")
-        target = DTYPES[dtype] if dtype is not None else torch.float32
-        directory = super().export(denoiser, directory, steps=steps, lora_only=lora_only,
-                                   guidance_scale=guidance_scale, dtype=dtype)
-        manifest_path = directory / "rats_export.json"
-        info = json.loads(manifest_path.read_text())
+    def _describe_export(self, info: dict[str, Any]) -> None:
+        """Frame count and size, the corrector in words, and ``video = pipe(...).frames[0]`` in the usage line."""
         info.update(width=self.width, num_frames=self.num_frames)
         if isinstance(info.get("scheduler", {}).get("disable_corrector"), list):  # 1001 step indices: say it
             info["scheduler"]["disable_corrector"] = "every step (first order: deterministic DDIM steps)"
-        if not lora_only:
-            # the weights as saved, whatever dtype each part was trained or kept in
-            for part in _WEIGHT_PARTS:
-                cast_saved_weights(directory / part, target)
-            info["dtype"] = str(target).replace("torch.", "")
         info["usage"] = info["usage"].replace("image = pipe(", "video = pipe(").replace(".images[0]", ".frames[0]")
-        manifest_path.write_text(json.dumps(info, indent=2) + "\n")
-        return directory
 
 
 def compute_dtype(denoiser: nn.Module) -> torch.dtype:
@@ -319,34 +230,6 @@ def compute_dtype(denoiser: nn.Module) -> torch.dtype:
     model = unwrap_denoiser(denoiser)
     dtype = getattr(model, "dtype", None)
     return dtype if isinstance(dtype, torch.dtype) else module_dtype(model)
-
-
-def cast_saved_weights(folder: Path, dtype: torch.dtype) -> None:
-    """Rewrite the floating-point tensors of a saved component (``*.safetensors`` in ``folder``) in
-    ``dtype``, and the ``dtype`` its transformers config records, so the folder loads in one dtype."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(f), "pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-        if all(not t.is_floating_point() or t.dtype == dtype for t in tensors.values()):
-            continue
-        tensors = {k: t.to(dtype) if t.is_floating_point() else t for k, t in tensors.items()}
-        tmp = f.with_name(f.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
-        tmp.replace(f)
-    config = folder / "config.json"
-    if config.is_file():
-        data = json.loads(config.read_text())
-        changed = False
-        for key in ("dtype", "torch_dtype"):  # transformers 5.x / 4.x spelling
-            if key in data:
-                data[key] = str(dtype).replace("torch.", "")
-                changed = True
-        if changed:
-            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def decode_frames(vae: nn.Module, x0: Tensor, decode_grad_frames: int | None = None) -> Tensor:
@@ -359,7 +242,7 @@ def decode_frames(vae: nn.Module, x0: Tensor, decode_grad_frames: int | None = N
     a constant), which bounds the decode's activation memory, the largest part of a video step.
     ``rats estimate`` traces this same function on a meta-device VAE.
     """
-    from rats_core.rewards import frame_indices
+    from rats_core.method.rewards import frame_indices
 
     c = vae.config
     z = x0.to(next(vae.parameters()).device)

@@ -367,6 +367,26 @@ def test_export_loads_in_plain_diffusers_and_samples_as_trained(case, guidance, 
     torch.testing.assert_close(ours, theirs.float(), rtol=0, atol=2e-4)
 
 
+@pytest.mark.parametrize("case", ["sd15", "flux"])
+def test_export_dtype_casts_the_saved_files_not_the_live_modules(case, load, tmp_path):
+    """``dtype=bf16``: every saved tensor and every transformers config says bfloat16, while the running
+    backbone's frozen parts and network keep their dtype (the files are cast, the modules never copied)."""
+    from safetensors import safe_open
+
+    bb = load(case)
+    live = {m: next(m.parameters()).dtype for m in bb.frozen_modules() + [bb.denoiser]}
+    out = bb.export(bb.denoiser, tmp_path / "bf16", steps=2, dtype="bf16")
+    seen = set()
+    for f in out.glob("*/*.safetensors"):
+        with safe_open(str(f), "pt") as h:
+            seen |= {str(h.get_slice(k).get_dtype()) for k in h.keys()}
+    assert seen == {"BF16"}
+    for config in out.glob("text_encoder*/config.json"):
+        assert json.loads(config.read_text()).get("dtype", "bfloat16") == "bfloat16", config
+    assert {m: next(m.parameters()).dtype for m in live} == live
+    assert json.loads((out / "rats_export.json").read_text())["dtype"] == "bfloat16"
+
+
 def _with_lora(bb, wrap: str):
     from peft import LoraConfig, get_peft_model, inject_adapter_in_model
 
