@@ -1,4 +1,4 @@
-"""The experiment config (rats_core/config.py) and ``rats validate``.
+"""The experiment config (rats_core/config/) and ``rats validate``.
 
 User mistakes must come out of the CLI as exit status 2 and a one-block ``error:`` message that
 names the file or key — never a traceback.
