@@ -1,7 +1,7 @@
 """Architecture configs of the real models rats supports, shipped without weights.
 
 One JSON file per model (``sd15``, ``sdxl``, ``pixart``, ``flux``, ``wan``, and the reward towers ``imagereward``,
-``hps``, ``pickscore``): the diffusers / transformers ``config.json`` of each part, copied from the public
+``hps``, ``pickscore``, ``aesthetic``, ``clipscore``): the diffusers / transformers ``config.json`` of each part, copied from the public
 model repositories, plus the published parameter counts they are checked against
 (``tests/test_estimate.py``). :mod:`rats_core.estimate.estimate` builds them on the meta device to count memory;
 :func:`rats_core.estimate.estimate.build_part` builds one for real with random weights.
