@@ -184,7 +184,7 @@ class PeriodicEval:
     def step_end(self, state: RunState, metrics: dict[str, float]) -> None:
         if state.step % self.every:
             return
-        from rats_core.evaluation.evaluate import training_eval
+        from rats_core.evaluation.in_training import training_eval
 
         trainer = state.trainer
         values = training_eval(trainer)
@@ -231,7 +231,7 @@ class Report:
     rank_zero_only = False  # sampling is collective under ZeRO-3
 
     def fit_end(self, state: RunState, result: Any) -> None:
-        from rats_core.evaluation.evaluate import end_of_run_report
+        from rats_core.evaluation.in_training import end_of_run_report
 
         report_md = Path(state.output_dir) / "report.md"
         if getattr(state.trainer, "already_finished", False) and report_md.is_file():

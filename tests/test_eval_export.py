@@ -140,7 +140,8 @@ def test_eval_prompt_sets(runs, tmp_path):
 
 def test_compare_scores_metrics_and_the_report_draws_them(tmp_path):
     """Set-level metrics (eval.metrics) get their own column and panel; no training needed."""
-    from rats_core.evaluation.evaluate import Variant, compare
+    from rats_core.evaluation.compare import compare
+    from rats_core.evaluation.evaluate import Variant
     from rats_core.evaluation.report import write_eval_report
     from rats_core.method.rewards import RewardSet, WeightedReward
     from rats_plugins.toy import Brightness, ToyBackbone

@@ -27,7 +27,7 @@ from rats_core.cli.commands import arg, command
 @arg("--device", help="cpu, cuda, cuda:N; default: train.device, else cuda when available")
 @arg("--no-progress", action="store_true", help="no progress bar")
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rats_core.evaluation.evaluate import cmd_eval as run
+    from rats_core.evaluation.compare import cmd_eval as run
 
     return run(args)
 
