@@ -143,3 +143,25 @@ def test_type_checking_imports_count(tmp_path):
     (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.b import B\n")
     (pkg / "b.py").write_text("from . import a\nclass B: ...\n")
     assert cycles(import_graph(pkg, "pkg")) == [["pkg.a", "pkg.b", "pkg.a"]]
+
+
+def test_the_flat_paths_of_0_1_0_still_import():
+    """A plugin written against the flat layout keeps working: the old path is the same module, with a
+    DeprecationWarning that names the new one; every old path points at a module that exists."""
+    import importlib
+    import sys
+    import warnings
+
+    from rats_core._moved import MOVED
+
+    for old, new in MOVED.items():
+        assert importlib.util.find_spec(new) is not None, new
+    sys.modules.pop("rats_core.sigmas", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import rats_core.sigmas as old_sigmas  # noqa: F401
+    import rats_core.method.sigmas as new_sigmas
+
+    assert old_sigmas is new_sigmas
+    assert any("rats_core.method.sigmas" in str(w.message) and w.category is DeprecationWarning for w in caught)
+    from rats_core.plugins import register_plugin  # noqa: F401  (documented in 0.1.0's docs/plugins.md)
