@@ -349,6 +349,27 @@ def test_rewards_are_counted_from_a_local_model_folder_when_given(tiny_sd15, tmp
     assert full.params["reward pickscore"] == 986_109_441
 
 
+def test_aesthetic_and_clipscore_are_counted_from_the_shipped_or_a_local_clip(tiny_sd15, tmp_path):
+    """From the shipped CLIP ViT-L/14 architecture without weights, and exactly from local folders:
+    aesthetic counts what it keeps (vision tower, projection, MLP head), clipscore the whole CLIP."""
+    import tiny_rewards
+    from transformers import CLIPModel
+
+    from rats_core.registry.plugins import get_registry
+
+    e = est.estimate(_tiny_cfg(tiny_sd15, "rewards=[{name: aesthetic}, {name: clipscore}]"), source="tiny")
+    assert e.params["reward aesthetic"] == 303_966_208 + 927_969  # ViT-L/14 image tower + 768-1024-128-64-16-1
+    assert e.params["reward clipscore"] == 427_616_513
+    assert not [n for n in e.notes if "reward" in n], e.notes
+    pth, clip_dir, _ = tiny_rewards.build_aesthetic(tmp_path / "aesthetic")
+    cs_dir = tiny_rewards.build_clip(tmp_path / "clipscore")
+    rewards = f"rewards=[{{name: aesthetic, path: {pth}, clip: {clip_dir}}}, {{name: clipscore, path: {cs_dir}}}]"
+    e = est.estimate(_tiny_cfg(tiny_sd15, rewards), source="tiny")
+    aesthetic = get_registry().build("rewards", "aesthetic", {"path": str(pth), "clip": str(clip_dir)}, "rewards.0")
+    assert e.params["reward aesthetic"] == sum(p.numel() for p in aesthetic.parameters())
+    assert e.params["reward clipscore"] == sum(p.numel() for p in CLIPModel.from_pretrained(cs_dir).parameters())
+
+
 def test_validate_line_never_fails_the_validation(tiny_sd15, monkeypatch):
     cfg = _tiny_cfg(tiny_sd15)
     assert est.validate_line(cfg, "x").startswith("estimate: ~")

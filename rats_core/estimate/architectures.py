@@ -33,7 +33,7 @@ LORA_TARGETS = {
 VIDEO_DENOISERS = {"WanTransformer3DModel": "rats_plugins.backbones.wan"}
 #: reward name -> shipped architecture
 REWARD_ARCHS = {"imagereward": "imagereward", "hpsv2": "hps", "hpsv2.1": "hps", "hps": "hps",
-                "pickscore": "pickscore"}
+                "pickscore": "pickscore", "aesthetic": "aesthetic", "clipscore": "clipscore"}
 
 
 def to_dtype(name: Any, default: torch.dtype = torch.float32) -> torch.dtype:

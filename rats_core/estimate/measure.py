@@ -308,13 +308,18 @@ def measure_reward(cfg: RatsConfig, i: int, bb: BackboneModel, notes: list[str])
     dtype = to_dtype(r.options.get("dtype"), torch.float32)
     arch_name = REWARD_ARCHS.get(r.name)
     arch = load_arch(arch_name) if arch_name is not None else None
-    path = r.options.get("path")
+    path = r.options.get("clip" if arch_name == "aesthetic" else "path")  # its local model, if one is named
     local = cfg.resolve_path(path) if isinstance(path, str) else None
     if arch_name == "hps" and r.options.get("architecture", "ViT-H-14") != "ViT-H-14":
         arch_name = None  # another open_clip model: built for real below
-    elif arch_name == "pickscore" and local is not None and (local / "config.json").is_file():
+    elif arch_name in ("pickscore", "clipscore", "aesthetic") and local is not None and (local / "config.json").is_file():
         own = json.loads((local / "config.json").read_text())  # that model's own architecture
-        arch["parts"]["model"]["config"] = own
+        if arch_name == "aesthetic":  # its vision tower and projection only
+            vision = {**own.get("vision_config", {}), "projection_dim": own.get("projection_dim", 512)}
+            arch["parts"]["vision"]["config"] = vision
+            arch["parts"]["head"]["config"]["sizes"][0] = vision["projection_dim"]
+        else:
+            arch["parts"]["model"]["config"] = own
         arch["image_size"] = (own.get("vision_config") or {}).get("image_size", arch["image_size"])
     if arch_name is not None:
         mods = {role: build_part(spec, dtype=dtype) for role, spec in arch["parts"].items()}
@@ -375,7 +380,9 @@ def _reward_forward(arch_name: str, mods: dict[str, nn.Module], img: Tensor, arc
         return fn
     if arch_name == "hps":
         return lambda: mods["model"].encode_image(img)
-    if arch_name == "pickscore":
+    if arch_name in ("pickscore", "clipscore"):
         m = mods["model"]
         return lambda: m.visual_projection(m.vision_model(pixel_values=img).pooler_output)
+    if arch_name == "aesthetic":
+        return lambda: mods["head"](torch.nn.functional.normalize(mods["vision"](pixel_values=img).image_embeds, dim=-1))
     raise ValueError(arch_name)
