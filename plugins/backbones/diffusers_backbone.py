@@ -180,6 +180,10 @@ class DiffusersBackbone:
     def _describe_export(self, info: dict[str, Any]) -> None:
         """Add to (or reword) the export's ``rats_export.json`` before it is written."""
 
+    def loading_kwargs(self) -> dict[str, Any]:
+        """What the exported pipeline's ``from_pretrained`` needs besides the folder (components left out)."""
+        return {}
+
     def sampling_kwargs(self, steps: int, guidance: float | None) -> dict[str, Any]:
         """What to pass to the exported pipeline's ``__call__`` to sample as the student was trained."""
         kwargs: dict[str, Any] = {"num_inference_steps": int(steps), "height": self.resolution, "width": self.resolution}

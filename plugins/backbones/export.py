@@ -38,6 +38,8 @@ def export_backbone(backbone: Any, denoiser: nn.Module, directory: Path, *, step
     scheduler = backbone._export_scheduler()
     call = backbone.sampling_kwargs(steps, guidance)
     args = ", ".join(f"{k}={v!r}" for k, v in call.items())
+    loading = backbone.loading_kwargs()
+    given = "".join(f", {k}={v!r}" for k, v in loading.items())
     info: dict[str, Any] = {
         "backbone": backbone.name,
         "source": backbone.source.model_id,
@@ -50,6 +52,7 @@ def export_backbone(backbone: Any, denoiser: nn.Module, directory: Path, *, step
         "scheduler": {"class": type(scheduler).__name__, **{k: v for k, v in scheduler.config.items()
                                                            if not k.startswith("_") and _jsonable(v)}},
         "call": call,
+        **({"from_pretrained": loading} if loading else {}),
     }
     if lora_only:
         state, ranks = lora_state_dict(layers)
@@ -62,7 +65,7 @@ def export_backbone(backbone: Any, denoiser: nn.Module, directory: Path, *, step
         attach = ("pipe.load_lora_weights(DIR)" if diffusers_format else
                   "pipe.transformer = PeftModel.from_pretrained(pipe.transformer, DIR).merge_and_unload()")
         info["usage"] = (
-            f"pipe = {backbone.pipeline_class}.from_pretrained(BASE_MODEL); "
+            f"pipe = {backbone.pipeline_class}.from_pretrained(BASE_MODEL{given}); "
             f"pipe.scheduler = {type(scheduler).__name__}.from_pretrained(DIR, subfolder='scheduler'); "
             f"{attach}; image = pipe(prompt, {args}).images[0]"
         )
@@ -75,7 +78,8 @@ def export_backbone(backbone: Any, denoiser: nn.Module, directory: Path, *, step
                 cast_saved_weights(directory / name, target)
         info.update(format="pipeline", lora_merged=bool(layers))
         load = "" if target == torch.float32 else f", torch_dtype=torch.{dtype_name}"
-        info["usage"] = f"pipe = DiffusionPipeline.from_pretrained(DIR{load}); image = pipe(prompt, {args}).images[0]"
+        info["usage"] = (f"pipe = DiffusionPipeline.from_pretrained(DIR{given}{load}); "
+                         f"image = pipe(prompt, {args}).images[0]")
     backbone._describe_export(info)
     write_manifest(directory, info)
     return directory

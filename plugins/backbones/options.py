@@ -66,6 +66,15 @@ class FluxOptions(DiffusersOptions):
 
 
 @dataclasses.dataclass(frozen=True)
+class SD35Options(DiffusersOptions):
+    dtype: DtypeName = "bf16"
+    denoiser_dtype: DtypeName = "bf16"
+    t5: bool = True
+    shift: Annotated[float, Field(gt=0)] | None = None
+    max_sequence_length: T5Tokens = 256
+
+
+@dataclasses.dataclass(frozen=True)
 class WanOptions(DiffusersOptions):
     dtype: DtypeName = "bf16"
     denoiser_dtype: DtypeName = "bf16"

@@ -1,4 +1,4 @@
-"""The diffusers backbones as a rats plugin: ``sd15``, ``sdxl``, ``pixart``, ``flux`` and ``wan``.
+"""The diffusers backbones as a rats plugin: ``sd15``, ``sdxl``, ``pixart``, ``flux``, ``sd35`` and ``wan``.
 
 The factories live here and import no torch (nor diffusers): each is :func:`.options.light_factory` of
 its options dataclass (whose fields are the option schema that ``rats plugins`` and config validation
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rats_core import hookimpl
 
-from .options import FluxOptions, PixArtOptions, UNetOptions, WanOptions, light_factory
+from .options import FluxOptions, PixArtOptions, SD35Options, UNetOptions, WanOptions, light_factory
 
 sd15 = light_factory("sd15", UNetOptions, "SD15Backbone", """\
 Stable Diffusion 1.x/2.x (UNet + CLIP; eps or v-prediction). Default stable-diffusion-v1-5, 512 px.
@@ -40,6 +40,15 @@ bf16 by default (the 12B transformer is 24 GB in bf16, 48 GB in fp32). For FLUX.
 student/teacher ``guidance_scale`` to the embedded guidance you want (the pipeline uses 3.5).
 """)
 
+sd35 = light_factory("sd35", SD35Options, "SD35Backbone", """\
+Stable Diffusion 3 / 3.5 (MMDiT, flow matching; CLIP-L + OpenCLIP-bigG + T5-XXL). Default SD3.5 Medium, 1024 px.
+
+bf16 by default. ``t5=false`` drops the T5-XXL encoder (``text_encoder_3=None``, as diffusers allows: its
+prompt states are zeros; ~9.5 GB less in bf16, weaker prompt following). ``shift`` overrides the
+scheduler's σ shift (3.0). ``max_sequence_length``: T5 tokens (the pipeline's default, 256). For SD3.5
+Large set ``path: stabilityai/stable-diffusion-3.5-large``.
+""")
+
 wan = light_factory("wan", WanOptions, "WanBackbone", """\
 Wan2.1 text-to-video (flow matching, UMT5, 3-D VAE). Default Wan2.1-T2V-1.3B, 81 frames at 480×480.
 
@@ -59,4 +68,5 @@ def register_backbones(register):
     register("sdxl", sdxl)
     register("pixart", pixart)
     register("flux", flux)
+    register("sd35", sd35)
     register("wan", wan)

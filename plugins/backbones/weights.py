@@ -39,8 +39,13 @@ PIPELINE_BACKBONE = {
     "PixArtAlphaPipeline": "pixart",
     "PixArtSigmaPipeline": "pixart",
     "FluxPipeline": "flux",
+    "StableDiffusion3Pipeline": "sd35",
     "WanPipeline": "wan",
 }
+
+
+#: pipeline components no backbone uses, never downloaded (the 1.2 GB safety checker among them)
+NOT_DOWNLOADED = ("safety_checker", "feature_extractor", "image_encoder")
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,10 @@ def locate_weights(
     *,
     revision: str | None = None,
     variant: str | None = None,
-    skip: Sequence[str] = ("safety_checker", "feature_extractor", "image_encoder"),
+    skip: Sequence[str] = NOT_DOWNLOADED,
 ) -> Source:
-    """A local pipeline folder holding every part, or WeightsNotFoundError with what to do."""
+    """A local pipeline folder holding every part, or WeightsNotFoundError with what to do. ``skip``:
+    components a Hub download leaves out."""
     source = str(path) if path else default_id
     local = Path(source).expanduser()
     if local.exists():

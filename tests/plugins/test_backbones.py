@@ -1,4 +1,4 @@
-"""The diffusers backbones (sd15, sdxl, pixart, flux) on tiny random pipelines of the real classes.
+"""The diffusers backbones (sd15, sdxl, pixart, flux, sd35) on tiny random pipelines of the real classes.
 
 Every x0-prediction is checked against diffusers itself, not against a re-derivation:
 
@@ -34,12 +34,13 @@ tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
 
 REPO = Path(__file__).resolve().parents[2]
-BACKBONES = ("sd15", "sdxl", "pixart", "flux")
+BACKBONES = ("sd15", "sdxl", "pixart", "flux", "sd35")
 DEFAULT_IDS = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
     "pixart": "PixArt-alpha/PixArt-XL-2-512x512",
     "flux": "black-forest-labs/FLUX.1-dev",
+    "sd35": "stabilityai/stable-diffusion-3.5-medium",
 }
 _FLUX = {"dtype": "fp32", "denoiser_dtype": "fp32", "max_sequence_length": tiny.T5_MAX_LENGTH}
 #: tiny pipeline → (backbone, options); one case per parameterisation and conditioning variant
@@ -52,8 +53,12 @@ CASES = {
     "pixart-sigma": ("pixart", {}),  # Σ: 300 T5 tokens, Σ pipeline class
     "flux": ("flux", _FLUX),  # flow, guidance embedding, dynamic shift
     "flux-schnell": ("flux", _FLUX),  # flow, static shift, true CFG
+    "sd35": ("sd35", _FLUX),  # flow (MMDiT-X), three text encoders, static shift 3, true CFG
+    "sd35-no-t5": ("sd35", {**_FLUX, "t5": False}),  # T5 dropped: zeros in its place, as the pipeline's
 }
-VE_CASES = [c for c in CASES if not c.startswith("flux")]
+#: the flow-matching cases; the others are eps / v models
+FLOW = ("flux", "sd35")
+VE_CASES = [c for c in CASES if not c.startswith(FLOW)]
 PROMPTS = ["a photo of a cat", "a red car in the tree"]
 
 
@@ -129,7 +134,7 @@ def test_options_reach_the_models(load):
         load("sd15", prediction_type="x0")
 
 
-@pytest.mark.parametrize("case", ["sd15", "sdxl", "pixart", "flux"])
+@pytest.mark.parametrize("case", ["sd15", "sdxl", "pixart", "flux", "sd35"])
 def test_lora_targets_exist_in_the_architecture(case, load):
     bb = load(case)
     names = [n for n, _ in bb.denoiser.named_modules()]
@@ -157,7 +162,7 @@ def test_project_wide_backbone_contract(case, load):
 def test_protocol_shapes(case, load):
     bb = load(case)
     assert isinstance(bb, Backbone)
-    assert bb.interpolation == ("flow" if case.startswith("flux") else "ve")
+    assert bb.interpolation == ("flow" if case.startswith(FLOW) else "ve")
     shape = bb.latent_shape(2)
     assert shape == (2, bb.latent_channels, 8, 8)
     cond = bb.encode_prompts(PROMPTS)
@@ -187,6 +192,8 @@ def test_sigmas_start_at_sigma_max_end_at_zero_and_nest(case, load):
         assert float(s[-1]) == 0.0 and bool((s[:-1] > s[1:]).all())
         top = 1.0 if bb.interpolation == "flow" else bb.schedule.sigma_max
         assert abs(float(s[0]) - top) < 1e-4 * top
+    if case.startswith("sd35"):
+        return  # StableDiffusion3Pipeline's schedules do not nest; teacher.alignment: superset adds the student's σ's
     s50 = bb.sigmas(50)
     for n in (2, 5, 10, 25):  # trailing spacing: every such σ is one of the 50-step σ's
         for v in bb.sigmas(n):
@@ -200,7 +207,7 @@ def _scheduler(case: str, folder: Path, bb):
     """The model's own scheduler as the pipeline would configure it (independent of the plugin)."""
     from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
-    if case.startswith("flux"):
+    if case.startswith(FLOW):
         return FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
     return EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler", timestep_spacing="trailing")
 
@@ -209,7 +216,7 @@ def _set_steps(case: str, sch, n: int):
     import numpy as np
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-    if not case.startswith("flux"):
+    if not case.startswith("flux"):  # StableDiffusion3Pipeline too: set_timesteps(n) (a static shift here)
         sch.set_timesteps(n)
         return
     seq = (tiny.RESOLUTION // 2 // 2) ** 2  # packed tokens of 8×8 latents
@@ -223,6 +230,9 @@ def _raw_output(case: str, bb, sch, x: torch.Tensor, t: torch.Tensor, cond: dict
     """The network's raw output for ``scheduler.step``, computed the way the diffusers pipeline does."""
     net = bb.denoiser
     b = x.shape[0]
+    if case.startswith("sd35"):  # StableDiffusion3Pipeline: latents as they are, t = σ·1000
+        return net(hidden_states=x, timestep=t.expand(b), encoder_hidden_states=cond["prompt_embeds"],
+                   pooled_projections=cond["pooled_prompt_embeds"]).sample
     if case.startswith("sd"):
         added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]} if "text_embeds" in cond else None
         return net(sch.scale_model_input(x, t), t, encoder_hidden_states=cond["encoder_hidden_states"],
@@ -267,7 +277,7 @@ def test_x0_prediction_matches_one_scheduler_step(case, load, tiny_dir):
         x = reference
 
 
-@pytest.mark.parametrize("case", ["sd15", "sd15-v", "sdxl", "pixart", "flux"])
+@pytest.mark.parametrize("case", ["sd15", "sd15-v", "sdxl", "pixart", "flux", "sd35"])
 def test_x0_prediction_between_grid_sigmas_maps_timesteps_like_the_scheduler(case, load, tiny_dir):
     """The teacher is evaluated at the student's σ's: any σ in range must work as the scheduler maps it."""
     from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
@@ -275,7 +285,7 @@ def test_x0_prediction_between_grid_sigmas_maps_timesteps_like_the_scheduler(cas
     bb = load(case)
     s50 = bb.sigmas(50)
     sigma, sigma_next = float((s50[10] * s50[11]).sqrt()), float((s50[30] * s50[31]).sqrt())
-    if case.startswith("flux"):  # no shift: the given σ's are used as they are, t = σ·1000
+    if case.startswith(FLOW):  # no shift: the given σ's are used as they are, t = σ·1000
         sch = FlowMatchEulerDiscreteScheduler.from_pretrained(tiny_dir(case), subfolder="scheduler",
                                                               use_dynamic_shifting=False, shift=1.0)
         sch.set_timesteps(sigmas=[sigma, sigma_next])
@@ -298,7 +308,7 @@ def test_x0_prediction_between_grid_sigmas_maps_timesteps_like_the_scheduler(cas
 # ----------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("case", ["sd15", "sdxl", "pixart", "flux"])
+@pytest.mark.parametrize("case", ["sd15", "sdxl", "pixart", "flux", "sd35"])
 def test_decode_and_predict_are_differentiable_with_frozen_parts(case, load):
     bb = load(case)
     cond = bb.encode_prompts(PROMPTS[:1])
@@ -338,6 +348,7 @@ def _pipeline_call(case: str, bb, pipe, call: dict, noise: torch.Tensor, output_
 @pytest.mark.parametrize("case,guidance", [
     ("sd15", 1.0), ("sd15", 3.0), ("sd15-v", 1.0), ("sdxl", 1.0), ("sdxl", 3.0), ("pixart", 1.0), ("pixart", 3.0),
     ("pixart-1024", 1.0), ("pixart-sigma", 2.0), ("flux", 3.5), ("flux-schnell", 1.0), ("flux-schnell", 2.0),
+    ("sd35", 1.0), ("sd35", 3.0), ("sd35-no-t5", 2.0),
 ])
 def test_export_loads_in_plain_diffusers_and_samples_as_trained(case, guidance, load, tmp_path):
     from diffusers import DiffusionPipeline
@@ -350,8 +361,12 @@ def test_export_loads_in_plain_diffusers_and_samples_as_trained(case, guidance, 
     assert manifest["format"] == "pipeline" and Path(manifest["source"]).name == case
     call = manifest["call"]
     assert call["num_inference_steps"] == steps and call["height"] == call["width"] == tiny.RESOLUTION
-    pipe = DiffusionPipeline.from_pretrained(out)
+    pipe = DiffusionPipeline.from_pretrained(out, **manifest.get("from_pretrained", {}))
     assert type(pipe).__name__ == bb.pipeline_class == manifest["pipeline"]
+    if case == "sd35-no-t5":  # saved without T5: the manifest says how to load it, and it samples without it
+        assert manifest["from_pretrained"] == {"text_encoder_3": None, "tokenizer_3": None}
+        assert "from_pretrained(DIR, text_encoder_3=None, tokenizer_3=None)" in manifest["usage"]
+        assert pipe.text_encoder_3 is None and not (out / "text_encoder_3").exists()
     if bb.interpolation == "ve":
         assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"
         assert pipe.scheduler.config.timestep_spacing == "trailing"
@@ -398,7 +413,7 @@ def _with_lora(bb, wrap: str):
 
 
 @pytest.mark.parametrize("case,wrap", [("sd15", "inject"), ("sdxl", "peft_model"), ("pixart", "inject"),
-                                       ("flux", "inject")])
+                                       ("flux", "inject"), ("sd35", "inject")])
 def test_lora_export_merged_pipeline_and_lora_only(case, wrap, load, tiny_dir, tmp_path):
     from diffusers import DiffusionPipeline
 
@@ -519,6 +534,52 @@ def test_missing_folder_and_wrong_architecture_are_user_errors(tiny_dir):
         get_registry().build("backbones", "sd15", {"path": str(tiny_dir("sdxl"))})
 
 
+# ----------------------------------------------------------------------------- sd35's own options
+
+
+def test_sd35_without_t5_needs_no_t5_folder_and_names_the_option_when_t5_is_missing(tiny_dir, tmp_path):
+    folder = tmp_path / "sd35-clip-only"
+    shutil.copytree(tiny_dir("sd35"), folder)
+    shutil.rmtree(folder / "text_encoder_3")
+    options = {"path": str(folder), "resolution": tiny.RESOLUTION, **CASES["sd35"][1]}
+    bb = get_registry().build("backbones", "sd35", {**options, "t5": False})
+    assert bb.text_encoder_3 is None and len(bb.frozen_modules()) == 3
+    cond = bb.encode_prompts(PROMPTS)  # CLIP-L 8 + CLIP-G 16 padded to 32, then 12 zero T5 tokens
+    assert cond["prompt_embeds"].shape == (2, tiny.CLIP_MAX_LENGTH + tiny.T5_MAX_LENGTH, 32)
+    assert cond["prompt_embeds"][:, :, 24:].abs().sum() == 0 and cond["prompt_embeds"][:, 16:].abs().sum() == 0
+    with pytest.raises(WeightsNotFoundError, match=r"no 'text_encoder_3/' \(the T5-XXL text encoder \(or set backbone.t5=false"):
+        get_registry().build("backbones", "sd35", options)
+
+
+def test_sd35_shift_option_dynamic_shifting_and_the_positional_table_limit(tiny_dir, tmp_path):
+    """``shift`` replaces the scheduler's (and is what the export's scheduler carries); a scheduler that shifts
+    by resolution gets StableDiffusion3Pipeline's ``mu`` for the trained size; sizes past the transformer's
+    positional table are refused."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+    options = {"resolution": tiny.RESOLUTION, **CASES["sd35"][1]}
+    shifted = get_registry().build("backbones", "sd35", {"path": str(tiny_dir("sd35")), **options, "shift": 5.0})
+    reference = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    reference.set_timesteps(4)
+    torch.testing.assert_close(shifted.sigmas(4), reference.sigmas, rtol=0, atol=0)
+    assert shifted._export_scheduler().config.shift == 5.0
+
+    folder = tmp_path / "sd35-dynamic"
+    shutil.copytree(tiny_dir("sd35"), folder)
+    shutil.rmtree(folder / "scheduler")
+    dynamic = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                              base_image_seq_len=4, max_image_seq_len=64)
+    dynamic.save_pretrained(folder / "scheduler")
+    bb = get_registry().build("backbones", "sd35", {"path": str(folder), **options})
+    patches = (tiny.RESOLUTION // 2 // 2) ** 2  # 8×8 latents in 2×2 patches, as the pipeline counts them
+    dynamic.set_timesteps(4, mu=calculate_shift(patches, 4, 64, 0.5, 1.15))
+    torch.testing.assert_close(bb.sigmas(4), dynamic.sigmas, rtol=0, atol=0)
+
+    with pytest.raises(ConfigError, match="positional table reaches \\(32 px\\)"):
+        get_registry().build("backbones", "sd35", {"path": str(tiny_dir("sd35")), **options, "resolution": 48})
+
+
 # ----------------------------------------------------------------------------- experiment configs
 
 
@@ -565,7 +626,7 @@ def _e2e_overrides(name: str, folder: Path, out: Path) -> list[str]:
         "deepspeed={zero_optimization: {stage: 0}}", "eval.at_end=false", "eval.every=0",
         "data.prompts=[a photo of a cat, a red car]", "data.eval_prompts=null",
     ]
-    if name == "flux":
+    if name in ("flux", "sd35"):
         overrides.append(f"backbone.max_sequence_length={tiny.T5_MAX_LENGTH}")
     return overrides
 
@@ -592,7 +653,7 @@ def test_end_to_end_training_on_the_experiment_config(name, tiny_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     kwargs = dict(height=tiny.RESOLUTION, width=tiny.RESOLUTION, num_inference_steps=2, output_type="pt")
-    if name in ("pixart", "flux"):
+    if name in ("pixart", "flux", "sd35"):
         kwargs["max_sequence_length"] = tiny.T5_MAX_LENGTH
     if name == "pixart":
         kwargs.update(use_resolution_binning=False, clean_caption=False)

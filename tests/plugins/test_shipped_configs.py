@@ -1,7 +1,7 @@
 """Every shipped experiment config is a promise: its combination — precision, frozen and denoiser
 dtypes, LoRA or full fine-tune, ZeRO stage, gradient checkpointing — trains on a tiny pipeline of the
-real diffusers classes, and its export loads and samples with the snippet docs/eval.md shows, run as
-written in a process that never imports rats.
+real diffusers classes, resumes after an interruption, and its export loads and samples with the snippet
+docs/eval.md shows, run as written in a process that never imports rats.
 
 Only what cannot be the same on a CPU test is overridden: the weights (a tiny folder), the image size,
 step counts, batch size, the reward (a tiny one) and the prompts.
@@ -25,7 +25,7 @@ tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny)
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ("sd15", "sdxl", "pixart", "flux")
+SHIPPED = ("sd15", "sdxl", "pixart", "flux", "sd35")
 #: what each shipped config promises (checked against the YAML, so an edited config updates this test)
 KEYS = ("backbone.dtype", "backbone.denoiser_dtype", "train.precision", "student.lora", "deepspeed.zero_optimization.stage")
 
@@ -53,7 +53,7 @@ def overrides(name: str, folder: Path, out: Path) -> list[str]:
         "teacher.steps=6", "rewards=[{name: toy-brightness, weight: 10.0}]", "eval.at_end=false", "eval.every=0",
         "data.prompts=[a photo of a cat, a red car]", "data.eval_prompts=null",
     ]
-    if name in ("pixart", "flux"):
+    if name in ("pixart", "flux", "sd35"):
         o.append(f"backbone.max_sequence_length={tiny.T5_MAX_LENGTH}")
     return o
 
@@ -66,8 +66,10 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_combination_trains_and_its_export_loads_with_the_documented_snippet(name, tiny_dir, tmp_path, run_without_rats):
+def test_shipped_combination_trains_resumes_and_its_export_loads_with_the_documented_snippet(
+        name, tiny_dir, tmp_path, run_without_rats, monkeypatch):
     from rats_core.cli import main, run_main
+    from rats_core.training.trainer import Trainer
 
     path = REPO / "experiments" / f"{name}.yaml"
     from rats_core.config import load_config
@@ -75,7 +77,19 @@ def test_shipped_combination_trains_and_its_export_loads_with_the_documented_sni
     promised = {k: _get(load_config(path).to_dict(), k) for k in KEYS}
     assert promised["train.precision"] == "bf16" and promised["backbone.dtype"] == "bf16"
     out = tmp_path / "run"
-    assert run_main([str(path), *overrides(name, tiny_dir(name), out)]) == 0
+    train_step = Trainer.train_step
+
+    def killed_after_step_1(self):  # like kill -9 during step 2, after step 1's checkpoint
+        if self.step == 1:
+            raise RuntimeError("killed")
+        return train_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", killed_after_step_1)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_main([str(path), *overrides(name, tiny_dir(name), out)])
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    assert run_main([str(path), *overrides(name, tiny_dir(name), out)]) == 0  # resumes from step 1
+    assert json.loads((ckpt.latest_checkpoint(out) / "state.json").read_text())["resumed_at"] == [1]
 
     resolved = load_config(out / "config.yaml").to_dict()
     assert {k: _get(resolved, k) for k in KEYS} == promised, "the test overrode part of the promised combination"

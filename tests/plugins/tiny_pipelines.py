@@ -3,7 +3,7 @@
 Each ``build_*`` function writes a complete pipeline folder (``save_pretrained``) with a few layers
 and tiny dimensions, so the backbone plugins load them exactly as they load the real models:
 SD1.5 (eps or v-prediction), SDXL, PixArt-α / PixArt-Σ, FLUX.1 (dev with guidance embedding, or
-schnell without). Images are 16×16 px; every VAE here downsamples by 2, so latents are 8×8.
+schnell without), SD3.5 (MMDiT-X with a dual-attention block, three text encoders). Images are 16×16 px; every VAE here downsamples by 2, so latents are 8×8.
 
 Tokenizers are made without any download: CLIP's BPE from the vocabulary open_clip bundles (the
 first few hundred merges), T5 as a small Unigram vocabulary.
@@ -94,8 +94,9 @@ def t5_encoder(tokenizer, d_model: int = 32):
     return T5EncoderModel(config).eval()
 
 
-def vae(latent_channels: int = 4, flux: bool = False):
-    """A two-level AutoencoderKL (downsamples by 2). ``flux``: no quant convs, with a shift factor."""
+def vae(latent_channels: int = 4, flux: bool = False, sd3: bool = False):
+    """A two-level AutoencoderKL (downsamples by 2). ``flux`` / ``sd3``: no quant convs, with that model's
+    scaling and shift factors."""
     from diffusers import AutoencoderKL
 
     kwargs = dict(
@@ -109,8 +110,9 @@ def vae(latent_channels: int = 4, flux: bool = False):
         norm_num_groups=4,
         sample_size=RESOLUTION,
     )
-    if flux:
-        kwargs.update(scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+    if flux or sd3:
+        kwargs.update(scaling_factor=1.5305 if sd3 else 0.3611, shift_factor=0.0609 if sd3 else 0.1159,
+                      use_quant_conv=False, use_post_quant_conv=False)
     else:
         kwargs.update(scaling_factor=0.18215)
     return AutoencoderKL(**kwargs).eval()
@@ -257,6 +259,44 @@ def build_flux(directory: Path, guidance_embeds: bool = True, seed: int = 0) -> 
     return Path(directory)
 
 
+def build_sd35(directory: Path, seed: int = 0) -> Path:
+    """SD3.5-Medium-shaped pipeline: an MMDiT-X (the first block has the second, image-only attention; QK
+    RMS-norm), 16 latent channels, CLIP-L and -G of different widths (padded to T5's width, as the real
+    768 + 1280 are to 4096), T5, and the static shift-3 flow scheduler the SD3.5 repos ship."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    tok, tok2, tok3 = clip_tokenizer(), clip_tokenizer(), t5_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=RESOLUTION // 2,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,  # T5's width
+        caption_projection_dim=16,  # = heads × head dim
+        pooled_projection_dim=32,  # CLIP-L 16 + CLIP-G 16 projections
+        pos_embed_max_size=8,  # up to 8 patches a side: 32 px
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    ).eval()
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae(latent_channels=16, sd3=True),
+        text_encoder=clip_text_model(tok, hidden=8, projection=True, projection_dim=16),
+        tokenizer=tok,
+        text_encoder_2=clip_text_model(tok2, hidden=16, projection=True, projection_dim=16),
+        tokenizer_2=tok2,
+        text_encoder_3=t5_encoder(tok3, d_model=32),
+        tokenizer_3=tok3,
+    )
+    pipe.save_pretrained(directory)
+    return Path(directory)
+
+
 BUILDERS = {
     "sd15": build_sd15,
     "sd15-v": lambda d: build_sd15(d, prediction_type="v_prediction"),
@@ -266,4 +306,6 @@ BUILDERS = {
     "pixart-sigma": lambda d: build_pixart(d, sigma=True),
     "flux": build_flux,
     "flux-schnell": lambda d: build_flux(d, guidance_embeds=False),
+    "sd35": build_sd35,
+    "sd35-no-t5": build_sd35,  # the same folder, loaded with t5=false
 }
