@@ -39,7 +39,10 @@ def test_shipped_architectures_match_published_parameter_counts(name):
     arch = est.load_arch(name)
     assert arch["published"], f"{name}: no published count to check against"
     for part, pub in arch["published"].items():
-        n = est.count_params(est.build_part(arch["parts"][part]))
+        module = est.build_part(arch["parts"][part])
+        n = est.count_params(module)
+        if pub.get("counts") == "checkpoint":  # the figure counts every stored tensor, persistent buffers too
+            n = sum(t.numel() for t in module.state_dict().values())
         assert abs(n - pub["params"]) <= _tolerance(pub["params"]), (name, part, n, pub)
 
 
@@ -49,6 +52,33 @@ def test_the_real_denoisers_are_the_sizes_the_issue_names():
     assert counts["sd15"] == 859_520_964 and counts["sdxl"] == 2_567_463_684
     assert 0.55e9 < counts["pixart"] < 0.65e9 and counts["flux"] == 11_901_408_320
     assert counts["wan"] == 1_418_996_800  # Wan2.1-T2V-"1.3B"
+
+
+def test_sd35_medium_and_large_are_the_model_cards_sizes_with_their_positional_tables():
+    """SD3.5 Medium "2.5 B" and Large "8.1 B" count the checkpoints' tensors; diffusers keeps each model's
+    learnt positional table (pos_embed_max_size² × width) as a persistent buffer, not a parameter."""
+    for name, params, table in (("sd35", 2_243_171_520, 384 * 384 * 1536), ("sd35-large", 8_056_627_520, 192 * 192 * 2432)):
+        den = est.build_part(est.load_arch(name)["parts"]["denoiser"])
+        assert est.count_params(den) == params
+        assert sum(b.numel() for b in den.buffers()) == table
+        assert sum(t.numel() for t in den.state_dict().values()) == params + table
+
+
+@pytest.mark.slow
+def test_sd35_estimate_counts_the_architecture_the_path_names():
+    """Offline: Medium by default, Large when backbone.path is its Hub id (no note), and no T5 with t5=false."""
+    def run(*overrides):
+        cfg = load_config(REPO / "experiments" / "sd35.yaml",
+                          ["backbone.resolution=256", "rewards=[{name: toy-brightness}]", *overrides])
+        e = est.estimate(cfg, source="x")
+        assert not [n for n in e.notes if "backbone" in n], e.notes
+        return e
+
+    medium, large = run(), run("backbone.path=stabilityai/stable-diffusion-3.5-large")
+    assert (medium.architecture, medium.params["denoiser"]) == ("sd35", 2_243_171_520)
+    assert (large.architecture, large.params["denoiser"]) == ("sd35-large", 8_056_627_520)
+    assert medium.params["text_encoder_3"] == 4_762_310_656
+    assert "text_encoder_3" not in run("backbone.t5=false").params
 
 
 def test_a_part_builds_on_meta_without_memory_and_for_real_with_random_weights():

@@ -26,6 +26,7 @@ LORA_TARGETS = {
     "sdxl": ("rats_plugins.backbones.sd15", "UNET_LORA_TARGETS"),
     "pixart": ("rats_plugins.backbones.pixart", "PIXART_LORA_TARGETS"),
     "flux": ("rats_plugins.backbones.flux", "FLUX_LORA_TARGETS"),
+    "sd35": ("rats_plugins.backbones.sd35", "SD3_LORA_TARGETS"),
     "wan": ("rats_plugins.backbones.wan", "WAN_LORA_TARGETS"),
 }
 #: denoisers whose latents are videos ``[B, C, F', h, w]`` (their VAE decodes frames ``[B, 3, F, H, W]``) ->
@@ -61,6 +62,18 @@ def load_arch(name: str) -> dict[str, Any]:
     return archs.load(name)
 
 
+def shipped_for(backbone: str, path: Any) -> str:
+    """The shipped architecture to count for ``backbone`` at ``backbone.path``: the one whose ``model`` is that
+    Hub id (e.g. ``sd35-large`` for stabilityai/stable-diffusion-3.5-large), else the backbone's own."""
+    from rats_plugins import archs
+
+    for name in archs.names():
+        if name == backbone or name.startswith(backbone + "-"):
+            if path and str(load_arch(name).get("model", "")).lower() == str(path).lower():
+                return name
+    return backbone
+
+
 def arch_from_folder(folder: Path) -> dict[str, Any] | None:
     """The parts of a local diffusers pipeline folder, from its ``config.json`` files (no weights read)."""
     folder = Path(folder)
@@ -68,7 +81,7 @@ def arch_from_folder(folder: Path) -> dict[str, Any] | None:
         return None
     parts: dict[str, Any] = {}
     roles = {"unet": "denoiser", "transformer": "denoiser", "vae": "vae", "text_encoder": "text_encoder",
-             "text_encoder_2": "text_encoder_2"}
+             "text_encoder_2": "text_encoder_2", "text_encoder_3": "text_encoder_3"}
     for sub, role in roles.items():
         f = folder / sub / "config.json"
         if not f.is_file():

@@ -34,6 +34,8 @@ def text_length(cfg: RatsConfig, spec: dict[str, Any]) -> int:
     opts = cfg.backbone.options
     if spec["class"] in ("FluxTransformer2DModel", "WanTransformer3DModel"):  # T5 / UMT5, padded to 512
         return int(opts.get("max_sequence_length") or 512)
+    if spec["class"] == "SD3Transformer2DModel":  # 77 CLIP tokens, then T5's (256, as StableDiffusion3Pipeline)
+        return 77 + int(opts.get("max_sequence_length") or 256)
     if spec["class"].startswith("PixArt"):
         path = str(cfg.backbone.path or "")
         return int(opts.get("max_sequence_length") or (300 if "sigma" in path.lower() else 120))
@@ -74,6 +76,10 @@ def denoiser_call(spec: dict[str, Any], module: nn.Module, batch: int, side: int
                     img_ids=t(tokens, 3), txt_ids=t(text_len, 3))
         if c.guidance_embeds:
             args["guidance"] = t(batch, dt=torch.float32)
+    elif cls == "SD3Transformer2DModel":  # unpacked latents; CLIP ‖ T5 states and pooled CLIP (backbones/sd35.py)
+        x = t(batch, c.in_channels, height, width)
+        args = dict(hidden_states=x, encoder_hidden_states=t(batch, text_len, c.joint_attention_dim),
+                    pooled_projections=t(batch, c.pooled_projection_dim), timestep=t(batch, dt=torch.float32))
     elif cls == "WanTransformer3DModel":  # latents [B, C, F', h, w], UMT5 states (plugins/backbones/wan.py)
         x = t(batch, c.in_channels, frames, height, width)
         args = dict(hidden_states=x, timestep=t(batch, dt=torch.float32),
@@ -164,7 +170,7 @@ class BackboneModel:
                               video_module(spec["class"]).DEFAULT_NUM_FRAMES)
             latent_frames = (self.frames - 1) // int(vae.config.scale_factor_temporal) + 1
         for role, part in arch["parts"].items():
-            if role == "denoiser":
+            if role == "denoiser" or (role == "text_encoder_3" and opts.get("t5") is False):  # sd35 without T5
                 continue
             dt = vae_dtype if role == "vae" else frozen_dtype
             m = vae if role == "vae" else build_part(part, dtype=dt)

@@ -12,7 +12,14 @@ import torch
 
 from rats_core.config import RatsConfig
 from rats_core.errors import ConfigError
-from rats_core.estimate.architectures import LORA_TARGETS, arch_from_folder, dtype_bytes, load_arch, to_dtype
+from rats_core.estimate.architectures import (
+    LORA_TARGETS,
+    arch_from_folder,
+    dtype_bytes,
+    load_arch,
+    shipped_for,
+    to_dtype,
+)
 from rats_core.estimate.measure import BackboneModel, Measured, measure_reward, quiet_libraries
 
 GiB = 1024**3
@@ -148,7 +155,7 @@ def estimate(cfg: RatsConfig, ranks: int = 1, source: str = "config") -> Estimat
         if local.is_dir():
             arch = arch_from_folder(local)
     if arch is None and name in LORA_TARGETS:
-        arch = load_arch(name)
+        arch = load_arch(shipped_for(name, path))
         if path and str(path).lower() != str(arch.get("model", "")).lower():  # e.g. the 14B Wan, PixArt-Σ
             notes.append(f"backbone.path {path} is not a local folder: counted with the shipped architecture of "
                          f"{arch['model']}; pass a local copy (backbone.path=/models/...) to count that model")
