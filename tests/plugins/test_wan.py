@@ -479,7 +479,8 @@ def test_evaluation_scores_video_frames_and_saves_each_video_as_a_gif(bb, tmp_pa
     import numpy as np
     from PIL import Image, ImageSequence
 
-    from rats_core.evaluation.evaluate import Variant, compare
+    from rats_core.evaluation.compare import compare
+    from rats_core.evaluation.evaluate import Variant
 
     rewards = RewardSet([WeightedReward("bright", brightness, frames=2)])
     comp = compare(bb, rewards, [Variant("base", bb.denoiser, 2)], PROMPTS, save_dir=tmp_path / "images")
