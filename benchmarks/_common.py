@@ -40,7 +40,7 @@ def scenes_base_samples(prompts_file: str, per_prompt: int, seed: int, pipeline:
     import rats_core  # noqa: F401  (the CPU-torchvision guard before diffusers)
     from rats_core.evaluation.evaluate import fixed_noise
     from rats_core.prompts import load_prompts
-    from rats_plugins.backbones.sd15 import sd15
+    from rats_plugins.backbones.plugin import sd15
 
     prompts = [p for p in load_prompts(prompts_file) for _ in range(per_prompt)]
     backbone = sd15(scenes_pipeline(pipeline), device="cpu")

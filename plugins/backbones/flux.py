@@ -25,7 +25,6 @@ from rats_core.method.sigmas import x0_from_flow
 from .devices import module_dtype
 from .diffusers_backbone import DiffusersBackbone, check_resolution
 from .options import FluxOptions
-from .plugin import flux  # noqa: F401  (the factory lives in plugin.py)
 from .sampling import calculate_shift, cfg, per_sample, to_device
 from .text import load_tokenizer, tokenize
 from .vae import vae_scale_factor

@@ -2,8 +2,9 @@
 
 The factories live here and import no torch (nor diffusers): each is :func:`.options.light_factory` of
 its options dataclass (whose fields are the option schema that ``rats plugins`` and config validation
-read) and imports its backbone's module (sd15.py, sdxl.py, ...) only when it builds it. Those modules
-re-export their factory, so ``from rats_plugins.backbones.sd15 import sd15`` still works.
+read) and imports its backbone's module (sd15.py, sdxl.py, ...) only when it builds it. Those modules never
+import this one back (no import circle, even at run time): import a factory from here,
+``from rats_plugins.backbones.plugin import sd15``.
 """
 
 from __future__ import annotations

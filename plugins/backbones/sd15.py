@@ -19,7 +19,6 @@ from rats_core.method.sigmas import ve_model_input
 from .devices import module_dtype
 from .diffusers_backbone import DiffusersBackbone, check_resolution
 from .options import UNetOptions
-from .plugin import sd15  # noqa: F401  (the factory lives in plugin.py)
 from .sampling import VESchedule, cfg, ve_x0
 from .text import load_tokenizer, tokenize
 from .vae import vae_scale_factor

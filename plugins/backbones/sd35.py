@@ -31,7 +31,6 @@ from rats_core.method.sigmas import x0_from_flow
 from .devices import module_dtype
 from .diffusers_backbone import DiffusersBackbone, check_resolution
 from .options import SD35Options
-from .plugin import sd35  # noqa: F401  (the factory lives in plugin.py)
 from .sampling import calculate_shift, cfg
 from .text import clip_states, load_tokenizer, tokenize
 from .vae import vae_scale_factor

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from .options import UNetOptions
-from .plugin import sdxl  # noqa: F401  (the factory lives in plugin.py)
 from .sd15 import SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE, SD15Backbone
 from .text import clip_states, load_tokenizer
 from .weights import Part

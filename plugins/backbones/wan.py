@@ -33,7 +33,6 @@ from .devices import DTYPES, freeze, module_dtype
 from .diffusers_backbone import DiffusersBackbone
 from .lora import unwrap_denoiser
 from .options import WAN_NUM_FRAMES, WanOptions
-from .plugin import wan  # noqa: F401  (the factory lives in plugin.py)
 from .sampling import SchedulerSigmas, cfg
 from .text import load_tokenizer, tokenize
 from .vae import configure_vae

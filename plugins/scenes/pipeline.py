@@ -507,7 +507,7 @@ def train_clip(out: Path, seed: int, steps: int, batch: int = 96, negatives: int
 
 def evaluate_pipeline(out: Path, seed: int, steps=(1, 2, 4, 50), guidance: float = 3.0, per_prompt: int = 2) -> dict:
     from rats_core.evaluation.evaluate import fixed_noise, generate
-    from rats_plugins.backbones.sd15 import sd15
+    from rats_plugins.backbones.plugin import sd15
 
     from .metrics import SceneFID, SceneJudge
 

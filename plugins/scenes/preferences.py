@@ -61,7 +61,7 @@ def sample_generator(pipeline: Path, prompts: list[str], steps: tuple[int, ...],
     sampler (the one training uses): ``per_prompt`` images a prompt, split over ``steps``, each from
     its own noise; returned grouped by prompt (``per_prompt`` consecutive images each)."""
     from rats_core.evaluation.evaluate import generate
-    from rats_plugins.backbones.sd15 import sd15
+    from rats_plugins.backbones.plugin import sd15
 
     backbone = sd15(str(pipeline), device="cpu")
     g = torch.Generator().manual_seed(seed)
