@@ -109,3 +109,37 @@ def install_import_guards() -> None:
             finder.pending.pop(name)()
     if finder.pending:
         sys.meta_path.insert(0, finder)
+
+
+class _AfterImport:
+    """A ``sys.meta_path`` entry that, the first time module ``name`` is imported, runs ``fn(module)`` right
+    after the module has executed (then leaves ``sys.meta_path``)."""
+
+    def __init__(self, name: str, fn) -> None:
+        self.name, self.fn = name, fn
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run, fn = spec.loader.exec_module, self.fn
+
+        def exec_module(module):
+            run(module)
+            fn(module)
+
+        spec.loader.exec_module = exec_module  # this module's loader instance only
+        return spec
+
+
+def after_import(name: str, fn) -> None:
+    """``fn(module)`` once module ``name`` is imported: now if it is, else right after its first import
+    (so that configuring a library does not import it, and torch with it, before it is needed)."""
+    if name in sys.modules:
+        fn(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, fn))

@@ -12,6 +12,10 @@ probe, a reward after ~25 s of the hub client's retries, one model per run. Inst
   components with weights (backbone, rewards, metrics) that were not tried yet and gathers every
   :class:`~rats_core.errors.WeightsNotFoundError` into one message: what to download and which option
   points at it, per model;
+* :func:`preflight` (``rats-run``, before the trainer, torch and the model libraries are imported) asks each
+  component's light ``missing_weights(**options)`` check, where its factory has one (every built-in with
+  weights does; docs/plugins.md), so a run without weights names every missing model in a second or two
+  instead of after importing and building the models;
 * :func:`weights_report` is what ``rats validate`` prints: present, missing or unchecked, per model.
 """
 
@@ -168,6 +172,68 @@ def _build(cfg: Any, where: str, kind: str, section: Any) -> Any:
     return get_registry().build(kind, section.name, options, where)
 
 
+def quick_missing(cfg: Any, where: str, kind: str, section: Any) -> list[str] | None:
+    """The component's light check (its factory's ``missing_weights(**options)``, defaults filled in): the
+    messages of what its weights miss, ``[]`` when nothing is plainly missing, ``None`` when it has no check
+    (or the check failed: the full build will tell)."""
+    import inspect
+
+    from rats_core.registry.plugins import get_registry
+
+    try:
+        factory = get_registry().get(kind, section.name).factory
+        check = getattr(factory, "missing_weights", None)
+        if check is None:
+            return None
+        options = _resolve_paths(cfg, section.options) if kind != "metrics" else dict(section.options)
+        bound = inspect.signature(factory).bind_partial(**options)
+        bound.apply_defaults()
+        return [str(m) for m in check(**bound.arguments)]
+    except Exception:  # noqa: BLE001 - a light check must never stop a run the full build might allow
+        return None
+
+
+def preflight(cfg: Any) -> None:
+    """Raise one WeightsNotFoundError naming every model of ``cfg`` whose weights are plainly missing, as
+    the components' light checks see it (nothing is imported or built); do nothing when none is. A component
+    without a light check is built to find out only when another one is missing, so the message stays
+    complete."""
+    settle_hub()
+    sections = weighted_sections(cfg)
+    found = [(where, kind, section, quick_missing(cfg, where, kind, section)) for where, kind, section in sections]
+    if not any(msgs for *_, msgs in found):
+        return
+    missing: list[tuple[str, str]] = []
+    for where, kind, section, msgs in found:
+        if msgs is None:  # no light check: build it (only this one) to know
+            try:
+                del_built = _build(cfg, where, kind, section)
+                del del_built
+            except WeightsNotFoundError as exc:
+                missing.append((where, _body(where, str(exc))))
+            except Exception:  # noqa: BLE001 - reported on its own once the weights are there
+                pass
+            continue
+        if msgs:
+            missing.append((where, _joined(where, msgs)))
+    why = hub_status_line()
+    if len(missing) == 1:
+        where, text = missing[0]
+        err = WeightsNotFoundError(f"{where}: {text}")
+    else:
+        lines = [f"{len(missing)} models are missing" + (f" ({why})" if why else "") + "; for each, what to "
+                 "get and the option that points at it:"]
+        lines += [f"  {where}: {text}" for where, text in missing]
+        err = WeightsNotFoundError("\n".join(lines))
+    err.surveyed = True  # type: ignore[attr-defined]
+    raise err
+
+
+def _joined(where: str, messages: list[str]) -> str:
+    """One model's missing parts in one entry (PickScore's weights and its processor: one model)."""
+    return " Also: ".join(_body(where, m) for m in messages)
+
+
 def _body(where: str, text: str) -> str:
     """A loader's message without its ``where:`` prefix, its example override pointed at ``where``
     (reward plugins write their hint for ``rewards.0``)."""
@@ -231,6 +297,10 @@ def weights_report(cfg: Any) -> list[WeightStatus]:
     settle_hub()
     out = []
     for where, kind, section in weighted_sections(cfg):
+        quick = quick_missing(cfg, where, kind, section)
+        if quick:  # plainly missing: said without loading anything
+            out.append(WeightStatus(where, section.name, "missing", _joined(where, quick)))
+            continue
         try:
             built = _build(cfg, where, kind, section)
             del built

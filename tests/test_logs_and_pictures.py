@@ -212,6 +212,23 @@ def test_library_progress_bars_leave_logs_but_not_terminals(monkeypatch):
         dlog.enable_progress_bar()
 
 
+def test_library_bars_are_switched_off_when_diffusers_is_first_imported_not_before():
+    """Quieting diffusers' bars imports nothing (torch would come with it, before a config error could be
+    said): the switch happens when diffusers is first imported, in the same process."""
+    import subprocess
+    import sys
+
+    code = ("import io, os, sys; os.environ.pop('HF_HUB_DISABLE_PROGRESS_BARS', None)\n"
+            "from rats_core.training import progress\n"
+            "progress.quiet_library_progress(io.StringIO())\n"
+            "assert 'diffusers' not in sys.modules and 'torch' not in sys.modules\n"
+            "from diffusers.utils import logging as dlog\n"
+            "print(dlog.is_progress_bar_enabled())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_report_rows_read_base_teacher_student_by_steps():
     from rats_core.evaluation.report import markdown_table
 

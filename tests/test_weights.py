@@ -153,3 +153,54 @@ def test_missing_weights_say_the_hub_did_not_answer_when_rats_went_offline(monke
     weights.reset_probe()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert weights.offline_reason() == "HF_HUB_OFFLINE is set"
+
+
+def test_a_run_names_missing_weights_before_importing_torch(tmp_path):
+    """The built-ins' light checks (a factory's ``missing_weights``) name every missing model of
+    experiments/sdxl.yaml before torch, DeepSpeed or any model library is imported (issue 30), each model
+    once, with everything it misses (PickScore: its weights and its processor)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from rats_core.cli import run_main\n"
+            "rc = run_main(['experiments/sdxl.yaml', 'output_dir=" + str(tmp_path / "run") + "'])\n"
+            "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'deepspeed', 'open_clip') if m in sys.modules)\n"
+            "print(json.dumps({'rc': rc, 'heavy': heavy}))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"rc": 2, "heavy": []}, proc.stderr[-2000:]
+    err = proc.stderr
+    assert err.startswith("error: 4 models are missing (HF_HUB_OFFLINE is set")
+    for where in ("backbone: sdxl: weights for 'stabilityai/stable-diffusion-xl-base-1.0'",
+                  "rewards.0: HPSv2.1 weights not found", "rewards.1: PickScore weights not found",
+                  "rewards.2: ImageReward weights not found"):
+        assert where in err
+    assert "Also: PickScore's processor" in err and "rewards.1.processor=" in err
+    assert "Also: ImageReward's BERT tokenizer" in err and "rewards.2.tokenizer=" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_preflight_builds_only_components_without_a_light_check(missing_config, monkeypatch):
+    """A plugin without ``missing_weights`` is built to find out, but only when another component is plainly
+    missing; when the light checks find nothing, nothing is built here (the run builds everything once)."""
+    from rats_core.config import load_config
+    from rats_core.registry.plugins import get_registry
+
+    built = []
+    real = weights._build
+    monkeypatch.setattr(weights, "_build", lambda cfg, where, kind, section: built.append(where) or real(cfg, where, kind, section))
+    cfg = load_config(missing_config)
+    weights.preflight(cfg)  # no light check says missing: nothing built, nothing raised
+    assert built == []
+    factory = get_registry().get("rewards", "gone-reward").factory
+    monkeypatch.setattr(factory, "missing_weights", lambda path=None, **_: [f"Gone weights not found: no file {path}"],
+                        raising=False)
+    with pytest.raises(WeightsNotFoundError) as info:
+        weights.preflight(cfg)
+    text = str(info.value)
+    assert text.startswith("2 models are missing") and "rewards.1: Gone weights not found: no file /models/gone.pt" in text
+    assert "rewards.2: AlsoGone weights not found" in text  # built, having no light check
+    assert built == ["backbone", "rewards.0", "rewards.2"]  # the toy backbone and reward, also-gone; never gone-reward

@@ -24,13 +24,13 @@ from rats_core.method.sigmas import x0_from_flow
 
 from .devices import module_dtype
 from .diffusers_backbone import DiffusersBackbone, check_resolution
-from .options import FluxOptions
+from .options import DEFAULT_IDS, FluxOptions
 from .sampling import calculate_shift, cfg, per_sample, to_device
 from .text import load_tokenizer, tokenize
 from .vae import vae_scale_factor
 from .weights import Part, load_part
 
-DEFAULT_ID = "black-forest-labs/FLUX.1-dev"
+DEFAULT_ID = DEFAULT_IDS["flux"]
 
 TRANSFORMER = Part("transformer", "the FLUX transformer, FluxTransformer2DModel")
 VAE = Part("vae", "the VAE, AutoencoderKL")

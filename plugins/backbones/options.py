@@ -24,6 +24,15 @@ Spacing = Literal["trailing", "linspace", "leading"]
 Positive = Annotated[int, Field(gt=0)]
 #: T5 / UMT5 tokens: the pipelines cap them at 512
 T5Tokens = Annotated[int, Field(gt=0, le=512)]
+#: each backbone's weights when ``path`` is not given (Hub ids)
+DEFAULT_IDS = {
+    "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "pixart": "PixArt-alpha/PixArt-XL-2-512x512",
+    "flux": "black-forest-labs/FLUX.1-dev",
+    "sd35": "stabilityai/stable-diffusion-3.5-medium",
+    "wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+}
 #: Wan2.1's default clip length (frames)
 WAN_NUM_FRAMES = 81
 
@@ -107,5 +116,13 @@ def light_factory(name: str, options: type, backbone: str, doc: str) -> Callable
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = doc
     factory.__signature__ = signature  # type: ignore[attr-defined]
+
+    def missing_weights(**given: Any) -> list[str]:
+        """What building it would find missing, said without importing torch (rats_core.weights.preflight)."""
+        from .weights import missing_weights as check
+
+        return check(given.get("path"), DEFAULT_IDS[name], name, given.get("revision"))
+
+    factory.missing_weights = missing_weights  # type: ignore[attr-defined]
     factory.__module__ = f"{__package__}.plugin"
     return factory

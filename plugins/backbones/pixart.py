@@ -23,13 +23,13 @@ from rats_core.method.sigmas import ve_model_input
 
 from .devices import module_dtype
 from .diffusers_backbone import DiffusersBackbone, check_resolution
-from .options import PixArtOptions
+from .options import DEFAULT_IDS, PixArtOptions
 from .sampling import VESchedule, cfg, ve_x0
 from .text import load_tokenizer, tokenize
 from .vae import vae_scale_factor
 from .weights import Part, load_part
 
-DEFAULT_ID = "PixArt-alpha/PixArt-XL-2-512x512"
+DEFAULT_ID = DEFAULT_IDS["pixart"]
 
 TRANSFORMER = Part("transformer", "the PixArt transformer, PixArtTransformer2DModel")
 VAE = Part("vae", "the VAE, AutoencoderKL")

@@ -18,13 +18,13 @@ from rats_core.method.sigmas import ve_model_input
 
 from .devices import module_dtype
 from .diffusers_backbone import DiffusersBackbone, check_resolution
-from .options import UNetOptions
+from .options import DEFAULT_IDS, UNetOptions
 from .sampling import VESchedule, cfg, ve_x0
 from .text import load_tokenizer, tokenize
 from .vae import vae_scale_factor
 from .weights import Part, load_part
 
-DEFAULT_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_ID = DEFAULT_IDS["sd15"]
 
 UNET = Part("unet", "the UNet, UNet2DConditionModel")
 VAE = Part("vae", "the VAE, AutoencoderKL")

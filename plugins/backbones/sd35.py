@@ -30,13 +30,13 @@ from rats_core.method.sigmas import x0_from_flow
 
 from .devices import module_dtype
 from .diffusers_backbone import DiffusersBackbone, check_resolution
-from .options import SD35Options
+from .options import DEFAULT_IDS, SD35Options
 from .sampling import calculate_shift, cfg
 from .text import clip_states, load_tokenizer, tokenize
 from .vae import vae_scale_factor
 from .weights import NOT_DOWNLOADED, Part, load_part
 
-DEFAULT_ID = "stabilityai/stable-diffusion-3.5-medium"
+DEFAULT_ID = DEFAULT_IDS["sd35"]
 
 TRANSFORMER = Part("transformer", "the MMDiT, SD3Transformer2DModel")
 VAE = Part("vae", "the VAE, AutoencoderKL")

@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .options import UNetOptions
+from .options import DEFAULT_IDS, UNetOptions
 from .sd15 import SCHEDULER, TEXT_ENCODER, TOKENIZER, UNET, VAE, SD15Backbone
 from .text import clip_states, load_tokenizer
 from .weights import Part
 
-DEFAULT_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_ID = DEFAULT_IDS["sdxl"]
 
 TEXT_ENCODER_2 = Part("text_encoder_2", "the second CLIP text encoder, with projection")
 TOKENIZER_2 = Part("tokenizer_2", "the second CLIP tokenizer")

@@ -32,13 +32,13 @@ from rats_core.method.sigmas import x0_from_flow
 from .devices import DTYPES, freeze, module_dtype
 from .diffusers_backbone import DiffusersBackbone
 from .lora import unwrap_denoiser
-from .options import WAN_NUM_FRAMES, WanOptions
+from .options import DEFAULT_IDS, WAN_NUM_FRAMES, WanOptions
 from .sampling import SchedulerSigmas, cfg
 from .text import load_tokenizer, tokenize
 from .vae import configure_vae
 from .weights import Part, load_part
 
-DEFAULT_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+DEFAULT_ID = DEFAULT_IDS["wan"]
 #: frame height (px) and video frames when the config gives none (``rats estimate`` uses them too)
 DEFAULT_HEIGHT = 480
 DEFAULT_NUM_FRAMES = WAN_NUM_FRAMES

@@ -103,16 +103,44 @@ def locate_weights(
             )
         found = Source(source, local.resolve(), backbone)
     elif _looks_local(source):
-        raise WeightsNotFoundError(
-            f"{backbone}: no such folder: {source}. Set backbone.path to a diffusers pipeline folder "
-            f"(e.g. {_override_hint(backbone)}) or a Hub id (default: {default_id})"
-        )
+        raise WeightsNotFoundError(_no_folder(backbone, source, default_id))
     else:
         folder = _from_hub(source, backbone, parts, revision=revision, variant=variant, skip=skip)
         found = Source(source, folder, backbone)
     check_parts(found, parts)
     check_pipeline_class(found)
     return found
+
+
+def _no_folder(backbone: str, source: str, default_id: str) -> str:
+    return (f"{backbone}: no such folder: {source}. Set backbone.path to a diffusers pipeline folder "
+            f"(e.g. {_override_hint(backbone)}) or a Hub id (default: {default_id})")
+
+
+def _not_cached(backbone: str, model_id: str) -> str:
+    return (f"{backbone}: weights for '{model_id}' are not in the local Hugging Face cache and {offline_reason()}. "
+            f"Download them where there is network (`hf download {model_id}`), or use a local diffusers "
+            f"folder: {_override_hint(backbone)}")
+
+
+def missing_weights(path: str | None, default_id: str, backbone: str, revision: str | None = None) -> list[str]:
+    """What :func:`locate_weights` would say is missing, when that is plain without loading anything and
+    without importing torch or diffusers: a local path that does not exist, or a Hub id with no pipeline in
+    the local cache while nothing can be downloaded. Empty otherwise (found, or only loading can tell)."""
+    source = str(path) if path else default_id
+    if Path(source).expanduser().exists():
+        return []
+    if _looks_local(source):
+        return [_no_folder(backbone, source, default_id)]
+    if not _offline():
+        return []
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(source, "model_index.json", revision=revision)
+    except Exception:  # noqa: BLE001 - a malformed id: locate_weights says what is wrong
+        return []
+    return [] if isinstance(cached, str) else [_not_cached(backbone, source)]
 
 
 def check_parts(source: Source, parts: Sequence[Part]) -> None:
@@ -184,11 +212,7 @@ def _from_hub(model_id: str, backbone: str, parts: Sequence[Part], *, revision: 
     if cached is not None and (_offline() or not _hub_reachable()):
         raise cache_error  # the partial cache's own message names the missing part
     if _offline():
-        raise WeightsNotFoundError(
-            f"{backbone}: weights for '{model_id}' are not in the local Hugging Face cache and {offline_reason()}. "
-            f"Download them where there is network (`hf download {model_id}`), or use a local diffusers "
-            f"folder: {hint}"
-        ) from None
+        raise WeightsNotFoundError(_not_cached(backbone, model_id)) from None
     if not _hub_reachable():
         raise WeightsNotFoundError(
             f"{backbone}: weights for '{model_id}' are not in the local Hugging Face cache and the Hub is not "

@@ -15,9 +15,6 @@ download and which config key to point at it. Pickled checkpoints are read with
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -27,59 +24,9 @@ from torch import Tensor
 from rats_core.errors import CheckpointError, WeightsNotFoundError
 from rats_core.weights import offline_reason
 
+from .locate import WeightsHint, folder_missing, hub_offline, is_hub_id  # noqa: F401  (re-exported: the loaders' names)
+
 T = TypeVar("T")
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
-
-
-def is_hub_id(path: str) -> bool:
-    """``owner/name`` with nothing that only a file path would have."""
-    return bool(_HUB_ID.match(path)) and ".." not in path
-
-
-def hub_offline() -> bool:
-    """The hub is offline when the env says so now (huggingface_hub reads it only at import)."""
-    from huggingface_hub import constants
-
-    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").strip().upper()
-    return bool(constants.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
-
-
-@dataclass(frozen=True)
-class WeightsHint:
-    """What to tell a user whose weights are missing.
-
-    ``what`` names the model ("ImageReward"), ``repo_id``/``filename`` the official download (a whole
-    repo when ``filename`` is None, limited to the ``include`` patterns if given), ``option`` the reward
-    option to set and ``example`` a value for it. ``url``: the official file is not on the Hugging Face
-    hub but at this address (``repo_id`` then only names where it comes from).
-    """
-
-    what: str
-    repo_id: str
-    filename: str | None
-    option: str
-    example: str
-    include: tuple[str, ...] = ()
-    url: str | None = None
-
-    def error(self, reason: str) -> WeightsNotFoundError:
-        if self.url:
-            get = f"download {self.filename} from {self.url}"
-            cmd = f"`wget -P /models '{self.url}'`"
-        elif self.filename:
-            get = f"download {self.filename} from the Hugging Face repo {self.repo_id}"
-            cmd = f"`hf download {self.repo_id} {self.filename} --local-dir /models`"
-        else:
-            get = f"download the Hugging Face repo {self.repo_id}"
-            include = "".join(f' --include "{p}"' for p in self.include)
-            cmd = f"`hf download {self.repo_id}{include} --local-dir {self.example}`"
-        return WeightsNotFoundError(
-            f"{self.what} weights not found ({reason}): {get} (e.g. {cmd}) and set the reward's "
-            f"`{self.option}` option to it, e.g. rewards.0.{self.option}={self.example} "
-            f"(0 = the reward's index in `rewards`)"
-        )
-
 
 def resolve_file(path: str | None, hint: WeightsHint) -> Path:
     """A local checkpoint file for ``path``: a file, a folder holding ``hint.filename``, or a hub repo."""
@@ -131,6 +78,9 @@ def from_pretrained(load: Callable[..., T], path: str, hint: WeightsHint, **kwar
         raise hint.error(f"{local} is a file; a folder or a Hugging Face repo id is needed")
     if not is_hub_id(path):
         raise hint.error(f"no folder {local}")
+    missing = folder_missing(path, hint)
+    if missing:  # transformers 5's tokenizers load "empty" from missing files instead of raising: ask first
+        raise WeightsNotFoundError(missing)
     try:
         return load(path, local_files_only=True, **kwargs)
     except OSError:

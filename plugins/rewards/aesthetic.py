@@ -25,17 +25,17 @@ from rats_core.errors import CheckpointError
 
 from ._base import DType, FrozenReward, float32_compute
 from ._preprocess import CLIP_MEAN, CLIP_STD, check_images, resize_crop_normalize
-from ._weights import WeightsHint, from_pretrained, load_state_dict, resolve_file, strip_prefix
+from ._weights import from_pretrained, load_state_dict, resolve_file, strip_prefix
 from .imagereward import _MLP_LINEARS, MLPHead
+from .locate import AESTHETIC_CLIP, AESTHETIC_HEAD, AESTHETIC_REPO, AESTHETIC_URL
 from .options import AESTHETIC_FILENAME, CLIP_ID
 
 FILENAME = AESTHETIC_FILENAME
-REPO = "christophschuhmann/improved-aesthetic-predictor"
-URL = f"https://github.com/{REPO}/raw/main/{FILENAME}"
+REPO = AESTHETIC_REPO
+URL = AESTHETIC_URL
 
-_HEAD = WeightsHint("LAION aesthetic predictor (MLP)", REPO, FILENAME, "path", f"/models/{FILENAME}", url=URL)
-_CLIP = WeightsHint("LAION aesthetic predictor's CLIP", CLIP_ID, None, "clip", "/models/clip-vit-large-patch14",
-                    include=("*.json", "model.safetensors"))
+_HEAD = AESTHETIC_HEAD
+_CLIP = AESTHETIC_CLIP
 
 
 def load_head(checkpoint: Path) -> MLPHead:

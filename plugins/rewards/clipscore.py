@@ -25,15 +25,12 @@ from torch import Tensor
 from ._base import DType
 from ._clip import CLIPCosine
 from ._preprocess import check_images
-from ._weights import WeightsHint
+from .locate import CLIPSCORE, CLIPSCORE_PROCESSOR
 from .options import CLIP_ID
 
 REPO_ID = CLIP_ID
-_EXAMPLE = "/models/clip-vit-large-patch14"
-_WEIGHTS = WeightsHint("CLIPScore's CLIP", REPO_ID, None, "path", _EXAMPLE,
-                       include=("*.json", "*.txt", "model.safetensors"))
-_PROCESSOR = WeightsHint("CLIPScore's processor (tokenizer)", REPO_ID, None, "processor", _EXAMPLE,
-                         include=("*.json", "*.txt"))
+_WEIGHTS = CLIPSCORE
+_PROCESSOR = CLIPSCORE_PROCESSOR
 
 
 class ClipScore(CLIPCosine):

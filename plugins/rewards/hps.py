@@ -24,7 +24,8 @@ from rats_core.errors import CheckpointError
 
 from ._base import DType, FrozenReward
 from ._preprocess import CLIP_MEAN, CLIP_STD, check_images, resize_longest_pad_normalize
-from ._weights import WeightsHint, load_state_dict, resolve_file, strip_prefix
+from ._weights import load_state_dict, resolve_file, strip_prefix
+from .locate import HPS as HPS_HINTS
 from .options import HPS_ARCHITECTURE, HPS_FILENAMES
 
 REPO_ID = "xswu/HPSv2"
@@ -65,8 +66,7 @@ class HPS(FrozenReward):
         if architecture not in open_clip.list_models():
             raise ValueError(f"unknown open_clip architecture {architecture!r} (HPS uses {ARCHITECTURE})")
         filename = FILENAMES[version]
-        hint = WeightsHint(f"HPS{version}", REPO_ID, filename, "path", f"/models/{filename}")
-        checkpoint = resolve_file(path, hint)
+        checkpoint = resolve_file(path, HPS_HINTS[version])
         state = load_state_dict(checkpoint)
         state = strip_prefix(state.get("state_dict", state), "module.")
         # pretrained=None: build the bare architecture, then take every weight from the HPS checkpoint

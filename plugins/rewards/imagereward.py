@@ -31,7 +31,8 @@ from rats_core.errors import CheckpointError
 
 from ._base import DType, FrozenReward, float32_compute
 from ._preprocess import CLIP_MEAN, CLIP_STD, check_images, resize_crop_normalize
-from ._weights import WeightsHint, from_pretrained, load_state_dict, resolve_file, strip_prefix
+from ._weights import from_pretrained, load_state_dict, resolve_file, strip_prefix
+from .locate import IMAGEREWARD, IMAGEREWARD_BERT
 from .options import IMAGEREWARD_TOKENIZER
 
 REPO_ID = "THUDM/ImageReward"
@@ -44,11 +45,8 @@ MAX_LENGTH = 35
 #: BLIP's ViT-L and BERT-base both use 64-dim attention heads (1024/16, 768/12)
 HEAD_DIM = 64
 
-_WEIGHTS = WeightsHint("ImageReward", REPO_ID, FILENAME, "path", "/models/ImageReward.pt")
-_TOKENIZER = WeightsHint(
-    "ImageReward's BERT tokenizer", TOKENIZER, None, "tokenizer", "/models/bert-base-uncased",
-    include=("*.json", "*.txt"),
-)
+_WEIGHTS = IMAGEREWARD
+_TOKENIZER = IMAGEREWARD_BERT
 
 _VISION = "blip.visual_encoder."
 _TEXT = "blip.text_encoder."

@@ -15,7 +15,7 @@ from pydantic import Field
 #: the ``dtype`` option of every reward plugin
 DType = Literal["float32", "float16", "bfloat16"]
 
-IMAGEREWARD_TOKENIZER = "bert-base-uncased"
+IMAGEREWARD_TOKENIZER = "google-bert/bert-base-uncased"  # the Hub's canonical id of bert-base-uncased
 PICKSCORE_ID = "yuvalkirstain/PickScore_v1"
 HPS_ARCHITECTURE = "ViT-H-14"
 HPS_FILENAMES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}

@@ -13,7 +13,6 @@ scoring it shares with CLIPScore is in _clip.py.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 from torch import Tensor
@@ -21,26 +20,17 @@ from torch import Tensor
 from ._base import DType
 from ._clip import CLIPCosine
 from ._preprocess import check_images
-from ._weights import WeightsHint
+from .locate import PICKSCORE, PICKSCORE_PROCESSOR, PICKSCORE_PROCESSOR_ID, pickscore_processor
 from .options import PICKSCORE_ID
 
 REPO_ID = PICKSCORE_ID
-PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+PROCESSOR = PICKSCORE_PROCESSOR_ID
 
-_WEIGHTS = WeightsHint("PickScore", REPO_ID, None, "path", "/models/PickScore_v1")
-_PROCESSOR = WeightsHint(
-    "PickScore's processor (tokenizer)", PROCESSOR, None, "processor", "/models/CLIP-ViT-H-14-processor",
-    include=("*.json", "*.txt"),  # tokenizer + preprocessor config only, not the 4 GB of CLIP weights
-)
+_WEIGHTS = PICKSCORE
+_PROCESSOR = PICKSCORE_PROCESSOR
 
 
-def default_processor(path: str) -> str:
-    """The model folder itself when it also holds a tokenizer and an image processor config (one folder
-    with everything), otherwise the LAION processor the official snippet uses."""
-    folder = Path(path).expanduser()
-    has_tokenizer = (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
-    has_image_config = (folder / "preprocessor_config.json").is_file() or (folder / "processor_config.json").is_file()
-    return str(folder) if folder.is_dir() and has_tokenizer and has_image_config else PROCESSOR
+default_processor = pickscore_processor  # (where PickScore's tokenizer and image processor come from)
 
 
 class PickScore(CLIPCosine):

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from rats_core import hookimpl
 
+from . import locate
 from .options import (
     CLIP_ID,
     HPS_ARCHITECTURE,
@@ -188,6 +189,28 @@ def clipscore_metric(
 
     return ClipScoreMetric(path=path, processor=processor, w=w, prefix=prefix, dtype=dtype,
                            batch_size=batch_size, device=device)
+
+
+# ----------------------------------------------------------------------------- weights, checked lightly
+# Each factory's ``missing_weights(**options)`` lists what its model would miss, without importing torch
+# (rats_core.weights.preflight asks before a run loads anything: one message naming every missing model).
+
+
+def _missing(*found: str | None) -> list[str]:
+    return [m for m in found if m]
+
+
+imagereward.missing_weights = lambda path=None, tokenizer=IMAGEREWARD_TOKENIZER, **_: _missing(
+    locate.file_missing(path, locate.IMAGEREWARD), locate.folder_missing(tokenizer, locate.IMAGEREWARD_BERT))
+pickscore.missing_weights = lambda path=PICKSCORE_ID, processor=None, **_: _missing(
+    locate.folder_missing(path, locate.PICKSCORE),
+    locate.folder_missing(processor or locate.pickscore_processor(path), locate.PICKSCORE_PROCESSOR))
+hpsv2.missing_weights = lambda path=None, **_: _missing(locate.file_missing(path, locate.HPS["v2.0"]))
+hpsv2_1.missing_weights = lambda path=None, **_: _missing(locate.file_missing(path, locate.HPS["v2.1"]))
+aesthetic.missing_weights = lambda path=None, clip=CLIP_ID, **_: _missing(
+    locate.file_missing(path, locate.AESTHETIC_HEAD), locate.folder_missing(clip, locate.AESTHETIC_CLIP))
+clipscore.missing_weights = clipscore_metric.missing_weights = lambda path=CLIP_ID, processor=None, **_: _missing(
+    locate.folder_missing(path, locate.CLIPSCORE), locate.folder_missing(processor or path, locate.CLIPSCORE_PROCESSOR))
 
 
 @hookimpl

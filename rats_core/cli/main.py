@@ -91,10 +91,13 @@ def _may_use_gpu(cfg) -> bool:
 @arg("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 def cmd_run(args: argparse.Namespace) -> int:
     from rats_core.config import check_components, load_config
-    from rats_core.training.trainer import train
+    from rats_core.weights import preflight
 
     cfg = load_config(args.config, args.overrides)
     check_components(cfg, source=args.config)
+    preflight(cfg)  # missing weights named before torch, DeepSpeed and the models are imported
+    from rats_core.training.trainer import train
+
     train(cfg)
     return 0
 

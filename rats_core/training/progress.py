@@ -158,8 +158,8 @@ def quiet_library_progress(stream: TextIO | None = None) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # huggingface_hub and transformers
     if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] not in ("1", "true", "True", "yes"):
         return
-    try:
-        from diffusers.utils import logging as diffusers_logging
-    except Exception:  # diffusers not installed or not importable: nothing of it to quiet
-        return
-    diffusers_logging.disable_progress_bar()
+    from rats_core._compat import after_import
+
+    # diffusers has no variable for it: switch its bars off when it is first imported (importing it now
+    # would import torch before a config error or a missing model could be named)
+    after_import("diffusers.utils.logging", lambda module: module.disable_progress_bar())
