@@ -9,7 +9,8 @@ experiment is set up, one warm-up step is taken, then ``--steps`` steps are time
 ``--budget`` seconds). ``--load N`` starts N processes spinning in a busy loop for the duration of the
 measurement (other jobs on the machine). ``--wait spin`` is GNU OpenMP's own default (threads spin
 ``GOMP_SPINCOUNT=300000`` times at each barrier before sleeping; what torch does unless told otherwise),
-``--wait passive`` is ``OMP_WAIT_POLICY=PASSIVE`` (sleep at once; what ``import rats_core`` sets). ``auto``
+``--wait passive`` is ``OMP_WAIT_POLICY=PASSIVE`` (sleep at once), ``--wait bounded:N`` is ``GOMP_SPINCOUNT=N``
+(spin N times, then sleep), ``--wait rats`` leaves the choice to ``import rats_core``. ``auto``
 is ``train.threads: auto`` (threads = cores free, re-checked while training). ``--nice -15`` runs the
 measured process and the load processes at that priority (root only), so that other jobs on a shared
 machine hardly disturb the measurement: with ``--load 0`` this stands in for a quiet machine. Prints one
@@ -31,6 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time, tempfile
 import rats_core
+if sys.argv[4] == "rats":  # as rats-run does: on an idle machine, spinning threads on every core
+    from rats_core.training.threads import spin_if_idle
+    spin_if_idle()
 import torch
 from rats_core.config import load_config
 from rats_core.training.trainer import Trainer
@@ -46,7 +50,9 @@ except Exception:  # a rats without train.threads: set the count here
         torch.set_num_threads(int(threads))
 trainer = Trainer(cfg)
 trainer.setup()
-print(json.dumps({"threads": torch.get_num_threads()}), flush=True)
+import os
+print(json.dumps({"threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                  "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}), flush=True)
 start = time.perf_counter()
 for i in range(steps + 1):
     t = time.perf_counter()
@@ -72,13 +78,17 @@ def measure(threads: str, wait: str, load: int, steps: int, budget: float, nice:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     elif wait == "spin":
         env["GOMP_SPINCOUNT"] = "300000"  # libgomp's default; set, so that rats_core leaves the policy alone
+    elif wait.startswith("bounded:"):
+        env["GOMP_SPINCOUNT"] = wait.split(":", 1)[1]  # spin this many times at a barrier, then sleep
+    elif wait == "rats":
+        pass  # whatever `import rats_core` chooses
     renice = (lambda: os.nice(nice)) if nice else None
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=renice) for _ in range(load)]
     rows: list[dict] = []
     started = time.perf_counter()
     timed_out = False
     try:
-        child = subprocess.Popen([sys.executable, "-c", CHILD, threads, str(steps), str(budget)], cwd=REPO, env=env,
+        child = subprocess.Popen([sys.executable, "-c", CHILD, threads, str(steps), str(budget), wait], cwd=REPO, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=renice)
         deadline = started + budget + 120
         for line in child.stdout:
@@ -100,6 +110,7 @@ def measure(threads: str, wait: str, load: int, steps: int, budget: float, nice:
     result = {
         "threads_setting": threads, "wait_policy": wait, "background_load": load, "nice": nice,
         "torch_threads": rows[0]["threads"] if rows else None,
+        "openmp": {k: rows[0].get(k) for k in ("omp_wait_policy", "gomp_spincount")} if rows else None,
         "threads_during": sorted({r["threads"] for r in stepped}),
         "steps_timed": len(walls),
         "step_median_s": walls[len(walls) // 2] if walls else None,
@@ -128,8 +139,8 @@ def main() -> None:
     for load in [int(x) for x in args.load.split(",")]:
         for wait in args.wait.split(","):
             for threads in args.threads.split(","):
-                if threads == "auto" and wait != "passive":
-                    continue  # auto runs as rats runs: with the passive policy
+                if threads == "auto" and wait not in ("passive", "rats"):
+                    continue  # auto runs as rats runs: with rats' own policy
                 r = measure(threads, wait, load, args.steps, args.budget, args.nice)
                 print(json.dumps(r), file=sys.stderr, flush=True)
                 results.append(r)

@@ -177,3 +177,51 @@ def test_threads_benchmark_runs_at_its_smallest_settings():
     (row,) = data["results"]
     assert row["torch_threads"] == 1 and row["wait_policy"] == "passive" and row["steps_timed"] == 1
     assert row["step_median_s"] > 0 and row["cpu_per_step_s"] > 0
+
+
+def _spin_probe(extra_env: dict, busy: float | None, code_after: str = "") -> dict:
+    """In a fresh process: import rats_core (passive), then spin_if_idle with the other processes' load
+    faked; report the policy torch will read and what auto chooses."""
+    code = ("import json, os, sys, rats_core\n"
+            "from rats_core.training import threads as th\n"
+            f"th.busy_cores_elsewhere = lambda window=0.3: {busy!r}\n"
+            "switched = th.spin_if_idle()\n"
+            + code_after +
+            "print(json.dumps({'switched': switched, 'wait': os.environ.get('OMP_WAIT_POLICY'),"
+            " 'spin': os.environ.get('GOMP_SPINCOUNT'), 'auto': th.choose_threads('auto'),"
+            " 'cores': th.available_cores(), 'recheck': th.ThreadPolicy().recheck}))\n")
+    env = _env(**extra_env)
+    env.pop("WORLD_SIZE", None)
+    env.pop("LOCAL_WORLD_SIZE", None)
+    env.update({k: v for k, v in extra_env.items()})
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    import json
+
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_an_idle_machine_spins_on_every_core_and_a_busy_one_stays_passive():
+    """rats-run on an idle machine undoes its own passive policy before torch loads OpenMP (bounded spinning,
+    every core, re-measured sooner); with another process on a core it stays passive and leaves one core."""
+    idle = _spin_probe({}, busy=0.0)
+    assert idle["switched"] and idle["wait"] is None and idle["spin"] == th.IDLE_SPINCOUNT
+    assert idle["auto"] == idle["cores"] and idle["recheck"] == th.RECHECK_SPINNING
+    busy = _spin_probe({}, busy=1.0)
+    assert not busy["switched"] and busy["wait"] == "PASSIVE" and busy["spin"] is None
+    assert busy["auto"] == max(1, busy["cores"] - 2)  # one core taken, one left over (passive)
+    assert busy["recheck"] == th.RECHECK_SECONDS
+
+
+@pytest.mark.parametrize("extra", [{"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "0"}, {"OMP_NUM_THREADS": "1"},
+                                   {"LOCAL_WORLD_SIZE": "2"}])
+def test_spin_if_idle_never_overrides_the_user_or_several_ranks(extra):
+    out = _spin_probe(extra, busy=0.0)
+    assert not out["switched"]
+    assert out["spin"] == extra.get("GOMP_SPINCOUNT")
+
+
+def test_spinning_threads_drop_to_the_free_cores_when_another_job_arrives():
+    """Once spinning, auto follows the free cores (a busy core: one thread fewer), so a job started beside
+    the run costs at most one re-measurement of spinning against it."""
+    out = _spin_probe({}, busy=0.0, code_after="th.busy_cores_elsewhere = lambda window=0.3: 1.0\n")
+    assert out["switched"] and out["auto"] == max(1, out["cores"] - 1)

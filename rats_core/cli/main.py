@@ -96,6 +96,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     check_components(cfg, source=args.config)
     preflight(cfg)  # missing weights named before torch, DeepSpeed and the models are imported
+    if cfg.train.threads == "auto":
+        from rats_core.training.threads import spin_if_idle
+
+        spin_if_idle()  # an idle machine: spinning threads on every core (decided before torch loads OpenMP)
     from rats_core.training.trainer import train
 
     train(cfg)

@@ -8,10 +8,16 @@ kernel has descheduled while its partner burns the time slice the straggler need
 60–100+ s of wall time for a step that is 1.5 CPU-seconds of work. Two defences:
 
 * :func:`passive_openmp_wait`, called by ``import rats_core`` before torch is imported, sets
-  ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once): measured, this alone removes the slowdown;
+  ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once): measured, this alone removes the slowdown; but on an
+  idle machine two passive threads are slower than one (a futex wake-up per region);
+* :func:`spin_if_idle`, called by ``rats-run`` just before it imports torch: when no other process is
+  using the cores, OpenMP's threads may spin a bounded while (``GOMP_SPINCOUNT=`` :data:`IDLE_SPINCOUNT`)
+  instead, and ``auto`` gives torch every core — the quiet machine's fast setting;
 * ``train.threads: auto`` (:class:`ThreadPolicy`) gives torch the cores that are free of other
-  processes less one (at least one), re-measured every :data:`RECHECK_SECONDS` while training; it also
-  protects a process that imported torch before rats (spinning threads).
+  processes (spinning) or those less one (passive), at least one, re-measured every
+  :data:`RECHECK_SECONDS` while training (:data:`RECHECK_SPINNING` when spinning: a job that starts beside
+  a spinning run takes one thread away within seconds); it also protects a process that imported torch
+  before rats (spinning threads).
 
 ``train.threads`` (``rats-run``) and ``--threads`` (``rats eval`` / ``rats sample``) take ``auto``, a
 number N (exactly N threads), or ``0`` (torch's own default: one per core). An ``OMP_NUM_THREADS`` set
@@ -27,6 +33,14 @@ from typing import Any, Union
 
 #: how often ``auto`` re-measures the free cores during training
 RECHECK_SECONDS = 30.0
+#: ... and when the threads spin (another job arriving costs more then: re-measure sooner)
+RECHECK_SPINNING = 10.0
+#: spins at an OpenMP barrier before a thread sleeps, on an idle machine (libgomp's own default is 300000;
+#: benchmarks/README.md "CPU threads", measured on 2 quiet cores)
+IDLE_SPINCOUNT = "300000"
+
+#: what this process chose itself (so that a choice of the user's, in the environment, is never undone)
+_CHOSEN: dict[str, str] = {}
 #: the window over which idle time is measured
 SAMPLE_SECONDS = 0.3
 
@@ -42,7 +56,37 @@ def passive_openmp_wait() -> bool:
     if "torch" in sys.modules or any(k in os.environ for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
         return False
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    _CHOSEN["wait"] = "passive"
     return True
+
+
+def spin_if_idle(window: float = SAMPLE_SECONDS) -> bool:
+    """On an idle machine, before torch is imported: undo this process's own ``OMP_WAIT_POLICY=PASSIVE``
+    and let threads spin :data:`IDLE_SPINCOUNT` times at a barrier before sleeping (``GOMP_SPINCOUNT``), so
+    ``auto`` can use every core at full speed. Does nothing when torch is already imported (OpenMP has read
+    its settings), when the policy is the user's (set in the environment before rats), when several ranks
+    share the machine, or when another process is using a core. Returns whether it switched."""
+    if "torch" in sys.modules or _CHOSEN.get("wait") != "passive" or os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
+        return False
+    if env_threads() is not None:  # a fixed OMP_NUM_THREADS: the user's setting, keep the safe policy
+        return False
+    if int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE") or 1) > 1:
+        return False  # several ranks on this machine: each would see it idle at start and spin on every core
+    busy = busy_cores_elsewhere(window)
+    if busy is None or int(available_cores() - busy + 0.75) < available_cores():
+        return False
+    del os.environ["OMP_WAIT_POLICY"]
+    os.environ["GOMP_SPINCOUNT"] = IDLE_SPINCOUNT
+    _CHOSEN["wait"] = "spin"
+    return True
+
+
+def spinning() -> bool:
+    """Whether this process's OpenMP threads spin at barriers (rats chose it on an idle machine, or torch's
+    default is in force: no wait policy set at all)."""
+    if _CHOSEN.get("wait") == "spin":
+        return True
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE" and "GOMP_SPINCOUNT" not in os.environ
 
 
 def available_cores() -> int:
@@ -114,10 +158,14 @@ def env_threads() -> int | None:
 def choose_threads(setting: ThreadsSetting) -> int | None:
     """The thread count for ``setting``; None means "leave torch's default"."""
     if setting == "auto":
-        # One core is left over when more than one is free: with passive waiting, every parallel region
-        # pays a futex wake-up per extra thread, and on a quiet 2-core machine 2 passive threads took a
-        # digits step in 2.3-2.4 s against 1.3 s with one (benchmarks/README.md, "a quiet machine").
-        return env_threads() or max(1, free_cores() - 1)
+        if env_threads():
+            return env_threads()
+        if _CHOSEN.get("wait") == "spin":  # every free core: the threads spin, no wake-up per region
+            return free_cores()
+        # Passive: one core is left over when more than one is free: every parallel region pays a futex
+        # wake-up per extra thread, and on a quiet 2-core machine 2 passive threads took a digits step in
+        # 2.3-2.4 s against 1.3 s with one (benchmarks/README.md, "a quiet machine").
+        return max(1, free_cores() - 1)
     if int(setting) == 0:
         return None
     return int(setting)
@@ -127,10 +175,11 @@ class ThreadPolicy:
     """Applies a threads setting to torch now, and (``auto``) again every :data:`RECHECK_SECONDS` when
     :meth:`tick` is called from the training loop's thread (OpenMP's thread count is per calling thread)."""
 
-    def __init__(self, setting: ThreadsSetting = "auto", *, verbose: bool = False, recheck: float = RECHECK_SECONDS):
+    def __init__(self, setting: ThreadsSetting = "auto", *, verbose: bool = False, recheck: float | None = None):
         self.setting = setting
         self.verbose = verbose
-        self.recheck = recheck
+        self.recheck = recheck if recheck is not None else (RECHECK_SPINNING if _CHOSEN.get("wait") == "spin"
+                                                            else RECHECK_SECONDS)
         self.threads: int | None = None
         self._last = 0.0
         self.changes: list[tuple[float, int]] = []
