@@ -26,9 +26,37 @@ def test_ema_update_extremes_and_low_precision():
     assert t[0].item() == 1.0
     ema_update(t, s, decay=0.0)
     assert t[0].item() == 5.0
+    # a bf16 teacher: μ = 0.75 tells μ from 1 − μ (0.75·1 + 0.25·3 = 1.5; swapped, 2.5), both exact in bf16
     tb = [torch.tensor([1.0], dtype=torch.bfloat16)]
-    ema_update(tb, [torch.tensor([3.0])], decay=0.5)
-    assert tb[0].dtype == torch.bfloat16 and tb[0].item() == 2.0
+    ema_update(tb, [torch.tensor([3.0])], decay=0.75)
+    assert tb[0].dtype == torch.bfloat16 and tb[0].item() == 1.5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_ema_update_follows_the_recursion_by_hand_in_every_dtype(dtype):
+    """θ_T ← μ·θ_T + (1 − μ)·θ_S with μ = 0.75 over three steps, the values worked out by hand (all exact in
+    bf16 and fp16), for a teacher of each dtype beside a float32 one."""
+    t = [torch.tensor([1.0, -2.0], dtype=dtype), torch.tensor([8.0])]
+    steps = [  # student, then the teacher after the update
+        ([3.0, 2.0], [1.5, -1.0], 6.0),          # 0.75·1 + 0.25·3, 0.75·(−2) + 0.25·2, 0.75·8
+        ([5.0, -6.0], [2.375, -2.25], 4.5),      # 1.125 + 1.25, −1.5 − 1.5
+        ([-1.0, 0.0], [1.53125, -1.6875], 3.375),
+    ]
+    for student, teacher, other in steps:
+        ema_update(t, [torch.tensor(student), torch.tensor([0.0])], 0.75)
+        assert t[0].dtype == dtype and t[0].tolist() == teacher
+        assert t[1].dtype == torch.float32 and t[1].tolist() == [other]
+
+
+def test_ema_update_computes_a_low_precision_teacher_in_float32_and_rounds_once():
+    """0.75·1.2890625 + 0.25·(−2.5625) = 0.326171875 exactly, and that is a bf16 number; computed in bf16
+    arithmetic (each product rounded to bf16, then the sum) it comes out as 0.328125."""
+    t = [torch.tensor([1.2890625], dtype=torch.bfloat16)]
+    ema_update(t, [torch.tensor([-2.5625])], decay=0.75)
+    assert 0.75 * 1.2890625 + 0.25 * -2.5625 == 0.326171875
+    assert t[0].dtype == torch.bfloat16 and t[0].item() == 0.326171875
+    in_bf16 = torch.tensor([1.2890625], dtype=torch.bfloat16) * 0.75 + torch.tensor([-2.5625], dtype=torch.bfloat16) * 0.25
+    assert in_bf16.item() == 0.328125  # what the float32 computation avoids
 
 
 def test_ema_update_works_on_parameters_that_require_grad():
@@ -63,14 +91,19 @@ def test_make_teacher_is_an_independent_frozen_copy():
     assert not torch.equal(teacher[0].weight, student[0].weight)
 
 
-def test_ema_teacher_tracks_the_student():
-    student = _net()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ema_teacher_tracks_the_student(dtype):
+    student = _net().to(dtype)
     teacher = Teacher(student, kind="ema", decay=0.75)
-    before = {n: p.detach().clone() for n, p in teacher.module.named_parameters()}
+    before = {n: p.detach().float().clone() for n, p in teacher.module.named_parameters()}
     _shift(student, 1.0)
     teacher.update(student)
+    moved = dict(student.named_parameters())
     for n, p in teacher.module.named_parameters():
-        assert torch.allclose(p, before[n] + 0.25), n  # 0.75·θ + 0.25·(θ + 1)
+        # 0.75·θ + 0.25·θ_S (swapped weights would land near θ + 0.75, not θ + 0.25), rounded once to the dtype
+        assert p.dtype == dtype
+        assert torch.allclose(p.float(), (0.75 * before[n] + 0.25 * moved[n].detach().float()).to(dtype).float()), n
+        assert torch.allclose(p.float(), before[n] + 0.25, atol=0.02 if dtype == torch.bfloat16 else 1e-6), n
 
 
 def test_frozen_teacher_never_moves():
