@@ -11,7 +11,7 @@ from rats_core.method.rewards import RewardSet, WeightedReward
 from rats_core.method.rollout import rollout
 from rats_core.method.shaping import horizon_distance
 from rats_core.method.teacher import Teacher
-from rats_plugins.gates import constant, sigmoid
+from rats_plugins.gates import constant, hard, sigmoid
 from rats_plugins.horizons import all_steps, explicit
 from rats_plugins.toy import Brightness, Smoothness, ToyBackbone
 
@@ -47,7 +47,9 @@ def test_loss_recomputed_from_the_pieces(interp):
     t = obj.teacher_rollout(teacher, noise, cond, PROMPTS)
     s = obj.student_rollout(student, noise, cond)
     r_s, parts = obj.rewards(b.decode(s.final), PROMPTS)
-    g = obj.gate_values(t.reward, r_s)
+    # the paper's gate by hand, sigmoid((R_T − R_S) / τ) with τ = 0.05 -- not through the objective's gate call
+    g = torch.sigmoid((t.reward - r_s.detach()) / 0.05)
+    assert torch.allclose(obj.gate_values(t.reward, r_s), g, atol=1e-7)
     # L_shape by hand: the "late" weights are 1, 2, 3 over the student's 3 steps
     d = [horizon_distance(s.x0[k], t.x0[k], 1.0, 1.0) for k in range(3)]
     l_shape = (1 * d[0] + 2 * d[1] + 3 * d[2]) / 6
@@ -141,8 +143,41 @@ def test_no_gradient_flows_through_the_gate(tau):
             p.add_(0.1 * torch.randn_like(p))
     loss, metrics = obj(b.denoiser, teacher, PROMPTS, torch.randn(b.latent_shape(batch)))
     assert metrics["shape_loss"] > 0  # so a gate gradient would not vanish
+    assert metrics["student_wins"].item() == pytest.approx(1 / 3)  # 0 > −0.5 only; the tie 0 = 0 is no win
     (grad,) = torch.autograd.grad(loss, r_s)
     assert torch.allclose(grad, torch.full((batch,), -beta / batch), atol=1e-7)
+
+
+def test_the_gate_sees_the_teacher_reward_first_and_a_tie_is_no_win():
+    """A hard gate on known rewards: g = 1[R_T > R_S] = [0, 0, 1] (a tie, the student better, the teacher
+    better), so only the third sample is shaped, and the tie counts neither as a gate nor as a student win."""
+    b = ToyBackbone()
+    alpha, beta = 3.0, 0.7
+    r_t = torch.tensor([0.5, 0.0, -0.5])
+    r_s = torch.tensor([0.5, 0.1, -1.0])
+    rewards = RewardSet([WeightedReward("two-faced", _TwoFacedReward(r_t, r_s))])
+    obj = RatsObjective(b, rewards, hard(), all_steps(),
+                        ObjectiveSettings(student_steps=2, teacher_steps=6, alpha=alpha, beta=beta))
+    teacher = Teacher(b.denoiser).module
+    with torch.no_grad():
+        for p in b.denoiser.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    noise = torch.randn(b.latent_shape(3))
+    loss, metrics = obj(b.denoiser, teacher, PROMPTS, noise)
+
+    cond = b.encode_prompts(PROMPTS)
+    s = obj.student_rollout(b.denoiser, noise, cond)
+    t = obj.teacher_rollout(teacher, noise, cond, PROMPTS)
+    l_shape = (horizon_distance(s.x0[0], t.x0[0]) + horizon_distance(s.x0[1], t.x0[1])) / 2
+    assert l_shape[1] != l_shape[2]  # so shaping the wrong sample would show in the loss
+    gate = torch.tensor([0.0, 0.0, 1.0])
+    assert loss.item() == pytest.approx((-beta * r_s + alpha * gate * l_shape).mean().item(), abs=1e-6)
+    assert metrics["gate_mean"].item() == pytest.approx(1 / 3)
+    assert metrics["gate_high"].item() == pytest.approx(1 / 3) and metrics["gate_low"].item() == pytest.approx(2 / 3)
+    assert metrics["student_wins"].item() == pytest.approx(1 / 3)  # the second sample only; the tie is no win
+    assert metrics["reward_gap"].item() == pytest.approx((0.0 + 0.1 + 0.5) / 3)
+    assert metrics["reward_student"].item() == pytest.approx(-0.4 / 3)
+    assert metrics["reward_teacher"].item() == pytest.approx(0.0)
 
 
 def test_gate_values_are_detached_even_for_a_differentiable_gate():

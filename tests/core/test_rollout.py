@@ -50,12 +50,17 @@ def test_final_sample_gets_gradient_from_the_last_k_grad_steps_only(spy, grad_st
     assert all(p.grad is not None for p in spy.denoiser.parameters())
 
 
-def test_local_steps_keep_only_their_own_evaluation(spy):
-    r = _run(spy, grad_steps=1, local=(0, 1))
-    assert spy.steps_with_graph() == {0, 1, K - 1}
-    # backward from step 1's prediction stops at step 1: its input was detached
-    r.x0[1].sum().backward()
-    assert spy.steps_reached_by_backward() == {1}
+@pytest.mark.parametrize("local", [(0, 1), (1, 2), (0, 2)])
+def test_local_steps_keep_only_their_own_evaluation(spy, local):
+    """Step 2 is the one just before the chain (the last step, K_grad = 1): its output feeds the chain's
+    input directly, so only its own detach keeps the final sample from reaching it."""
+    r = _run(spy, grad_steps=1, local=local)
+    assert spy.steps_with_graph() == {*local, K - 1}
+    # backward from a local step's prediction stops at that step: its input was detached
+    for j in local:
+        spy.backward_hits.clear()
+        r.x0[j].sum().backward(retain_graph=True)
+        assert spy.steps_reached_by_backward() == {j}
     spy.backward_hits.clear()
     # and the final sample does not see the local steps at all
     r.final.sum().backward()
