@@ -72,11 +72,44 @@ def test_run_writes_a_complete_run_folder(tmp_path):
         assert all(key in r for r in rows)
     assert any((out / "tensorboard").iterdir())
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [3, 6]
-    # weights changed, and the teacher moved towards the student (EMA)
+    # weights changed, and the teacher moved towards the student (EMA): it changed between the checkpoints,
+    # and it lags the student it follows
     base = result and final_student(out, 3)
     end = final_student(out, 6)
     assert any(not torch.equal(base[k], end[k]) for k in end)
+    teacher_3, teacher_6 = (load_file(str(out / "checkpoints" / ckpt.step_name(s) / "teacher.safetensors"))
+                            for s in (3, 6))
+    assert set(teacher_6) == set(end)
+    assert all(not torch.equal(teacher_3[k], teacher_6[k]) for k in teacher_6)
+    assert all(not torch.equal(teacher_6[k], end[k]) for k in teacher_6)
     assert (out / "export" / "denoiser.safetensors").is_file()
+
+
+def test_the_ema_teacher_follows_the_students_checkpoints(tmp_path):
+    """teacher.kind: ema, μ = 0.9: after each optimizer step θ_T(s) = 0.9·θ_T(s − 1) + 0.1·θ_S(s), with θ_S(s)
+    the student after step s -- checked between consecutive checkpoints with the recursion written out in
+    float64, not through the teacher's own update."""
+    cfg = write_config(tmp_path, train={"steps": 4, "checkpoint_every": 1, "keep_checkpoints": 10})
+    run(cfg)
+    out = tmp_path / "run"
+    teacher = {s: load_file(str(out / "checkpoints" / ckpt.step_name(s) / "teacher.safetensors")) for s in range(1, 5)}
+    student = {s: final_student(out, s) for s in range(1, 5)}
+    assert teacher[1] and set(teacher[1]) == set(student[1])
+    for s in range(2, 5):
+        for k, t in teacher[s].items():
+            by_hand = 0.9 * teacher[s - 1][k].double() + 0.1 * student[s][k].double()
+            torch.testing.assert_close(t.double(), by_hand, rtol=0, atol=1e-7)
+            assert not torch.equal(t, teacher[s - 1][k])
+
+
+def test_a_frozen_teacher_stays_the_base_model(tmp_path):
+    cfg = write_config(tmp_path, teacher={"kind": "frozen"},
+                       train={"steps": 3, "checkpoint_every": 1, "keep_checkpoints": 10})
+    run(cfg)
+    out = tmp_path / "run"
+    teacher = [load_file(str(out / "checkpoints" / ckpt.step_name(s) / "teacher.safetensors")) for s in (1, 3)]
+    assert teacher[0] and all(torch.equal(teacher[0][k], teacher[1][k]) for k in teacher[0])
+    assert any(not torch.equal(teacher[1][k], v) for k, v in final_student(out, 3).items())
 
 
 @pytest.mark.parametrize("stage", [2, 3])
