@@ -4,8 +4,11 @@ the fair test and the bottom line. The numbers are built by hand so the expected
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from rats_core.evaluation.stats import Margins
 from rats_core.evaluation.verdict import across_seeds, markdown, summary_line, verdict, verdict_line
 
 
@@ -47,6 +50,65 @@ def test_unequal_seed_spreads_are_paired_not_compared_as_levels():
     # a steady teacher and a student all over the place: the per-seed differences' interval is wide
     c = across_seeds(_seeds([40.0, 40.2, 39.8], [30.0, 52.0, 41.0]))
     assert c["realism"]["status"] == "within noise" and c["realism"]["holds"] is None
+
+
+def test_over_seeds_the_interval_is_the_t_interval_of_the_per_seed_differences():
+    """Unequal spreads: the teacher's reward swings over seeds (1, 5, 3), the student's tracks it +0.625, +1.125,
+    +1.625. By hand: mean 1.125, sd 0.5, t(2) = 4.302653 (a table), half-width 4.302653 · 0.5 / √3 = 1.2421,
+    so [−0.117, 2.367]: within noise -- with the n-divided (smaller) spread it would read yes."""
+    runs = [{"teacher": {"reward": t}, "student": {"reward": t + d}}
+            for t, d in zip((1.0, 5.0, 3.0), (0.625, 1.125, 1.625))]
+    c = across_seeds(runs)["reward"]
+    half = 4.302652730 * 0.5 / math.sqrt(3)
+    assert c["differences"] == [0.625, 1.125, 1.625]
+    assert c["interval"] == pytest.approx([1.125 - half, 1.125 + half], abs=1e-9)
+    assert c["status"] == "within noise" and c["holds"] is None and c["clear"] == "within noise"
+    assert c["student_mean"] == pytest.approx(3.0 + 1.125) and c["teacher_mean"] == pytest.approx(3.0)
+    assert c["wins"] == 3 and c["test"] == "per-seed paired differences, t interval (3 seeds)"
+    # a fourth seed at +1.125: sd √(1/6), t(3) = 3.182446, half-width 3.182446 · 0.4082 / 2 = 0.6496: yes
+    runs.append({"teacher": {"reward": 2.0}, "student": {"reward": 3.125}})
+    c = across_seeds(runs)["reward"]
+    half = 3.182446305 * math.sqrt(0.5 / 3) / 2
+    assert c["interval"] == pytest.approx([1.125 - half, 1.125 + half], abs=1e-9) and c["status"] == "yes"
+
+
+def test_over_seeds_a_tie_holds_as_not_worse_and_counts_as_a_win():
+    """Judge accuracy and FID equal to the teacher's in every seed: the per-seed differences are all 0, the
+    interval [0, 0] -- not worse (yes), not better (within noise), and each seed a win; a reward tie is no win."""
+    teacher = [40.0, 44.0, 36.0]
+    runs = _seeds(teacher, list(teacher), judge=(0.6, 0.6))
+    runs[0]["student"]["reward"] = runs[0]["teacher"]["reward"]  # a tied reward in seed 0
+    c = across_seeds(runs)
+    for name in ("judge", "realism"):
+        assert c[name]["differences"] == [0.0, 0.0, 0.0] and c[name]["interval"] == [0.0, 0.0]
+        assert c[name]["status"] == "yes" and c[name]["holds"] is True and c[name]["clear"] == "within noise"
+        assert c[name]["wins"] == 3
+    assert c["reward"]["wins"] == 2 and c["reward"]["differences"][0] == 0.0
+    # the student 0.01 worse on the judge in one seed: that seed is no win
+    runs[1]["student"]["judge_accuracy"] = 0.59
+    assert across_seeds(runs)["judge"]["wins"] == 2
+    runs[2]["student"]["fid"] = teacher[2] + 0.5
+    assert across_seeds(runs)["realism"]["wins"] == 2
+
+
+def test_worse_by_exactly_the_margin_is_not_not_worse():
+    """The rule is strict: "not worse" holds when the interval's lower end is *above* −margin. With margins
+    chosen so the numbers are exact in binary: judge 0.25, FID 0.25 × the teacher's mean FID 4 = 1."""
+    margins = Margins(judge=0.25, fid=0.25)
+
+    def runs(judge_gap, fid_gap):
+        return [{"teacher": {"reward": 1.0, "judge_accuracy": 0.75, "fid": 4.0},
+                 "student": {"reward": 2.0, "judge_accuracy": 0.75 - judge_gap, "fid": 4.0 + fid_gap}}] * 3
+
+    c = across_seeds(runs(0.25, 1.0), margins=margins)
+    assert c["judge"]["interval"] == [-0.25, -0.25] and c["realism"]["interval"] == [1.0, 1.0]
+    assert c["realism"]["margin"] == 1.0
+    for name in ("judge", "realism"):
+        assert c[name]["status"] == "no" and c[name]["clear"] == "worse", name
+    assert not c["claim_holds"]
+    c = across_seeds(runs(0.125, 0.5), margins=margins)  # worse by half the margin: holds, and says worse
+    for name in ("judge", "realism"):
+        assert c[name]["status"] == "yes" and c[name]["clear"] == "worse", name
 
 
 def test_one_hundred_vs_ninety_nine_percent_is_not_called_clearly_better_from_a_collapsed_interval():
@@ -164,6 +226,30 @@ def test_a_fair_test_decided_by_fid_alone():
                  "teacher": _entry(2.0, 0.6, 40), "student": _entry(2.5, 0.62, 38)})
     assert v["fair_test"]["judge_clearly_worse_at_k"] and v["fair_test"]["holds"] is False
     assert v["bottom_line"]["status"] == "not testable" and "FID" in v["bottom_line"]["reason"]
+
+
+def test_the_fair_test_needs_a_strictly_higher_fid_at_k():
+    """The base model's FID equal at K and N is not "worse at K": the fair test fails, by FID alone and
+    with a judge whose gap is real; over seeds, one such seed is enough to fail the claim."""
+    fid_only = {"base": {"reward": 1.0, "fid": 45.0, "n": 50}, "base_teacher_steps": {"reward": 1.5, "fid": 45.0, "n": 50},
+                "teacher": {"reward": 2.0, "fid": 40.0, "n": 50}, "student": {"reward": 2.5, "fid": 39.0, "n": 50}}
+    fair = verdict(fid_only)["fair_test"]
+    assert fair["decided_by"] == "FID" and fair["fid_worse_at_k"] is False and fair["holds"] is False
+    assert fair["status"] == "fails" and fair["reason"] == "FID 45 at K vs 45 at N is not higher at K"
+    held = {"base": _entry(1.0, 0.3, 45.0), "base_teacher_steps": _entry(1.5, 0.6, 45.0),
+            "teacher": _entry(2.0, 0.6, 40.0), "student": _entry(2.5, 0.62, 38.0)}
+    v = verdict(held)
+    assert v["fair_test"]["judge_clearly_worse_at_k"] is True and v["fair_test"]["holds"] is False
+    assert v["bottom_line"] == {"status": "not testable",
+                                "reason": "fair test fails: FID 45 at K vs 45 at N is not higher at K"}
+    # over seeds: FID really higher at K in two seeds, equal in the third
+    runs = _seeds([40.0, 44.0, 36.0], [39.0, 43.0, 35.0])
+    assert across_seeds(runs)["claim_holds"]
+    runs[2]["base"]["fid"] = runs[2]["base_teacher_steps"]["fid"]
+    c = across_seeds(runs)
+    assert c["fair_test_seeds"] == 2 and not c["claim_holds"] and c["fair_test"]["holds"] is False
+    assert c["fair_test"]["reason"].endswith("is not higher at K (holds in 2/3 seeds)")
+    assert c["bottom_line"]["status"] == "not testable"
 
 
 def test_the_fair_test_fails_when_the_judge_cannot_tell_k_from_n():

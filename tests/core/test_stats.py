@@ -105,6 +105,10 @@ def test_t_quantile_and_paired_t_against_closed_forms():
     ((-0.019, -0.001), "not worse", 0.02, "yes"),  # really worse, but by less than the margin
     ((-0.15, 0.07), "not worse", 0.02, "within noise"),  # the issue's −0.041 ± 0.11
     ((-0.15, -0.01), "not worse", 0.02, "no"),
+    ((-0.02, -0.01), "not worse", 0.02, "no"),  # worse by exactly the margin: the rule is strict
+    ((0.0, 0.0), "not worse", 0.02, "yes"),  # an exact tie is not worse
+    ((0.0, 0.0), "not worse", 0.0, "within noise"),  # ... unless the margin is 0 (docstring of stats.py)
+    ((-0.01, 0.01), "better", 0.5, "within noise"),  # "better" has no margin
     (None, "not worse", 0.02, "not testable"),
 ])
 def test_the_rule(interval, claim, margin, status):
