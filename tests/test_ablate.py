@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+import pytest
 import yaml
 
 from rats_core.cli import main
@@ -38,7 +40,17 @@ def test_ablate_runs_variants_and_writes_one_table(tmp_path, capsys):
     assert all(r["gate_mean"] == 0.0 for r in rows)
     md = (root / "ablation.md").read_text()
     assert "| paper |" in md and " ± " in md  # mean ± sd over the two seeds
-    assert data["summary"]["paper"]["student_reward_sd"] is not None
+    # two seeds are two trainings (not one run counted twice): each ran with its seed, their students'
+    # rewards differ, and the table's mean and sd are theirs (sd of two values: |a − b| / √2)
+    runs = data["runs"]["paper"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    for seed in (0, 1):
+        assert yaml.safe_load((root / "paper" / f"seed{seed}" / "config.yaml").read_text())["seed"] == seed
+    r0, r1 = (r["student_reward"] for r in runs)
+    assert r0 != r1
+    assert data["summary"]["paper"]["student_reward"] == pytest.approx((r0 + r1) / 2)
+    assert data["summary"]["paper"]["student_reward_sd"] == pytest.approx(abs(r0 - r1) / math.sqrt(2))
+    assert data["summary"]["paper"]["student_reward_sd"] > 0
     capsys.readouterr()
 
     # a second call reuses the finished runs (nothing trains again) and writes the same table
