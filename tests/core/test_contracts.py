@@ -3,8 +3,9 @@
 Whatever registers a gate, horizon schedule, reward, backbone or metric — a built-in or an installed
 third-party plugin — is built with its default options (or the example options in ``EXAMPLE_OPTIONS``)
 and checked against its protocol in rats_core/registry/interfaces.py. A new plugin is tested the moment it
-registers. Components that cannot be built here (they need weights, or a required option with no
-example below) are skipped with the reason; their authors test them with tiny weights.
+registers. The built-ins are all built here, those that need weights on tiny random ones written by
+tests/plugins/tiny_*.py; a third-party component that cannot be built here (it needs weights, or a
+required option with no example below) is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -27,17 +28,22 @@ from rats_core.method.sigmas import initial_latents
 
 
 @lru_cache(maxsize=None)
-def _tiny_rewards() -> Any:
-    """tests/plugins/tiny_rewards.py: tiny random reward models in the official layouts, written offline."""
+def _tiny(name: str) -> Any:
+    """A module of tests/plugins/ that writes tiny random models of the real classes in the official
+    layouts, offline: ``tiny_rewards``, ``tiny_pipelines`` (the diffusers backbones), ``tiny_wan``."""
     import importlib.util
     import sys
 
-    path = Path(__file__).resolve().parents[1] / "plugins" / "tiny_rewards.py"
-    spec = importlib.util.spec_from_file_location("tiny_rewards", path)
+    path = Path(__file__).resolve().parents[1] / "plugins" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("tiny_rewards", module)
+    sys.modules.setdefault(name, module)
     spec.loader.exec_module(module)
     return module
+
+
+def _tiny_rewards() -> Any:
+    return _tiny("tiny_rewards")
 
 
 def _tiny_aesthetic(folder: Path) -> dict[str, Any]:
@@ -49,13 +55,71 @@ def _tiny_clip(folder: Path) -> dict[str, Any]:
     return {"path": str(_tiny_rewards().build_clip(folder))}
 
 
+def _tiny_hps(filename: str) -> Callable[[Path], dict[str, Any]]:
+    def build(folder: Path) -> dict[str, Any]:
+        path, _ = _tiny_rewards().build_hps(folder, filename=filename)
+        return {"path": str(path), "architecture": _tiny_rewards().TINY_OPEN_CLIP}
+
+    return build
+
+
+def _tiny_imagereward(folder: Path) -> dict[str, Any]:
+    ckpt, tokenizer, _ = _tiny_rewards().build_imagereward(folder)
+    return {"path": str(ckpt), "tokenizer": str(tokenizer)}
+
+
+def _tiny_pickscore(folder: Path) -> dict[str, Any]:
+    model, processor = _tiny_rewards().build_pickscore(folder)
+    return {"path": str(model), "processor": str(processor)}
+
+
+def _second_scene_judge(folder: Path) -> dict[str, Any]:
+    """scene-attributes refuses the shipped evaluation judge: a second one (random weights, the shipped
+    architecture) stands in for one trained with another seed."""
+    from rats_plugins.scenes.judge import JudgeNet, save_judge
+
+    torch.manual_seed(5)
+    save_judge(JudgeNet(), folder / "judge2")
+    return {"path": str(folder / "judge2")}
+
+
+#: the flow backbones' tiny text encoders: float32 weights, the tiny T5's sequence length
+_TINY_FLOW = {"dtype": "fp32", "denoiser_dtype": "fp32", "max_sequence_length": 12}
+
+
+def _tiny_backbone(name: str, **options: Any) -> Callable[[Path], dict[str, Any]]:
+    def build(folder: Path) -> dict[str, Any]:
+        tiny = _tiny("tiny_pipelines")
+        return {"path": str(tiny.BUILDERS[name](folder)), "resolution": tiny.RESOLUTION, **options}
+
+    return build
+
+
+def _tiny_wan(folder: Path) -> dict[str, Any]:
+    tiny = _tiny("tiny_wan")
+    return {"path": str(tiny.build_wan(folder)), "resolution": tiny.RESOLUTION, "num_frames": tiny.NUM_FRAMES,
+            "dtype": "fp32", "denoiser_dtype": "fp32", "max_sequence_length": tiny.MAX_SEQUENCE_LENGTH}
+
+
 #: (kind, name) -> options to build with, for components whose factories require options or weights.
-#: A callable is given an empty folder to write tiny weights into and returns the options.
+#: A callable is given an empty folder to write tiny weights into and returns the options. Every built-in
+#: component has an entry or needs none: a built-in that cannot be built here fails, it is not skipped.
 EXAMPLE_OPTIONS: dict[tuple[str, str], dict[str, Any] | Callable[[Path], dict[str, Any]]] = {
     ("horizons", "explicit"): {"steps": [0, -1], "weights": [0.5, 1.0]},
     ("rewards", "aesthetic"): _tiny_aesthetic,
     ("rewards", "clipscore"): _tiny_clip,
     ("metrics", "clipscore"): lambda folder: {**_tiny_clip(folder), "device": "cpu"},
+    ("rewards", "hpsv2"): _tiny_hps("HPS_v2_compressed.pt"),
+    ("rewards", "hpsv2.1"): _tiny_hps("HPS_v2.1_compressed.pt"),
+    ("rewards", "imagereward"): _tiny_imagereward,
+    ("rewards", "pickscore"): _tiny_pickscore,
+    ("rewards", "scene-attributes"): _second_scene_judge,
+    ("backbones", "sd15"): _tiny_backbone("sd15"),
+    ("backbones", "sdxl"): _tiny_backbone("sdxl"),
+    ("backbones", "pixart"): _tiny_backbone("pixart"),
+    ("backbones", "flux"): _tiny_backbone("flux", **_TINY_FLOW),
+    ("backbones", "sd35"): _tiny_backbone("sd35", **_TINY_FLOW),
+    ("backbones", "wan"): _tiny_wan,
 }
 
 PROMPTS = ["a photo of a cat", "the digit 7"]
@@ -89,12 +153,14 @@ def _build(kind: str, name: str, folder: Path) -> Any:
         and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
         and p.name not in options
     ]
+    # A built-in is never skipped (its tests write tiny weights); a third-party plugin's may be.
+    skip = pytest.fail if component.plugin.startswith("rats_plugins.") else pytest.skip
     if required:
-        pytest.skip(f"{kind[:-1]} '{name}' requires options {required}; add an example to EXAMPLE_OPTIONS")
+        skip(f"{kind[:-1]} '{name}' requires options {required}; add an example to EXAMPLE_OPTIONS")
     try:
         return component.build(dict(options), f"{kind}.{name}")
     except WeightsNotFoundError as exc:
-        pytest.skip(f"{kind[:-1]} '{name}' needs weights: {str(exc).splitlines()[0]}")
+        skip(f"{kind[:-1]} '{name}' needs weights: {str(exc).splitlines()[0]}; add tiny ones to EXAMPLE_OPTIONS")
 
 
 def _device_of(module: nn.Module) -> torch.device:
