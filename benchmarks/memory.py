@@ -11,6 +11,12 @@ already allocated by the warm-up step). The tiny SD1.5 / PixArt-α / FLUX.1 pipe
 diffusers classes with a few layers (tests/plugins/tiny_pipelines.py), built offline; digits uses
 the shipped weights (skipped when they are missing).
 
+``--host``: ZeRO-3's host memory per rank on 2 CPU ranks (same model; full fine-tune, ``eval.at_end`` on so
+the base weights are kept for the report): the peak RSS of the setup, the RSS after it (what the run holds
+while it trains), and the rise of the peak while the base weights are swapped in for an evaluation and while
+a checkpoint is loaded back (a resume). Each rank also reports the bytes of the full trainable weights, the
+unit these figures are to be read in (one "model").
+
 ``zero``: ``torchrun --standalone --nproc_per_node 2`` runs the trainer on 2 CPU ranks for each ZeRO
 stage, on a digits-architecture UNet widened to ``--width``/2×/2× channels (random weights, big enough
 for sharding to show). Each rank reports, measured from the live tensors (storage bytes, each
@@ -269,6 +275,44 @@ def child_zero(config: str, overrides: list[str], steps: int, report: str) -> No
             trainer.cleanup()
 
 
+def child_host(config: str, overrides: list[str], report: str) -> None:
+    """ZeRO-3 host memory of one rank: setup, steady state, an evaluation's base-weights swap, a resume."""
+    import torch.distributed as dist
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _trainer(config, overrides + ["eval.at_end=true", "train.checkpoint_every=0"], f"{tmp}/run")
+        try:
+            setup_peak, after_setup = _status("VmHWM"), _status("VmRSS")
+            held = trainer.base_state
+            # the base weights the run holds for its report: tensors in memory (a dict), or a file read on use
+            base_held = sum(t.numel() * t.element_size() for t in held.values()) if isinstance(held, dict) else 0
+            full = sum(p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size()
+                       for p in trainer.student.parameters() if p.requires_grad)
+            trainer.train_step()
+            trainer.step += 1
+            from rats_core.evaluation.in_training import swapped_weights
+
+            reset_peak()
+            before = _status("VmRSS")
+            with swapped_weights(trainer, trainer.base_state):
+                pass
+            swap_rise = _status("VmHWM") - before
+            folder = trainer.save_checkpoint()
+            reset_peak()
+            before = _status("VmRSS")
+            trainer.load_checkpoint(folder)
+            resume_rise = _status("VmHWM") - before
+            rank = dist.get_rank()
+            row = {"rank": rank, "zero_stage": trainer.zero_stage, "full_trainable_mb": round(full / MB, 1),
+                   "setup_peak_rss_mb": round(setup_peak / MB, 1), "rss_after_setup_mb": round(after_setup / MB, 1),
+                   "base_weights_held_mb": round(base_held / MB, 1),
+                   "eval_swap_peak_rise_mb": round(swap_rise / MB, 1), "resume_peak_rise_mb": round(resume_rise / MB, 1)}
+            Path(report).mkdir(parents=True, exist_ok=True)
+            (Path(report) / f"rank{rank}.json").write_text(json.dumps(row))
+        finally:
+            trainer.cleanup()
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -291,7 +335,13 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--child-step", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     ap.add_argument("--child-zero", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
+    ap.add_argument("--host", action="store_true", help="only ZeRO-3's host memory per rank (see above)")
+    ap.add_argument("--child-host", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child_host:
+        report, config, *overrides = args.child_host
+        child_host(config, overrides, report)
+        return 0
     if args.child_step:
         print("RESULT " + json.dumps(child_step(args.child_step[0], args.child_step[1:], args.steps)))
         return 0
@@ -325,7 +375,22 @@ def main(argv=None) -> int:
                 continue
             out["backbones"][name] = json.loads(line[len("RESULT "):])
 
-        stages = [int(s) for s in args.zero.split(",") if s.strip()]
+        if args.host:
+            folder = tmp / "wide_digits"
+            n = build_wide_digits(folder, args.width)
+            progress("ZeRO-3 host memory: 2 ranks (torchrun)")
+            report = tmp / "host"
+            overrides = zero_overrides(folder, 3, tmp / "host_run")
+            proc = run_child(["--child-host", str(report), str(TOY), *overrides], env, args.timeout, torchrun=True)
+            rows = [json.loads(p.read_text()) for p in sorted(report.glob("rank*.json"))]
+            if proc.returncode != 0 or len(rows) != 2:
+                ok = False
+                out["zero3_host"] = {"error": proc.stderr[-2000:]}
+                progress(proc.stderr[-3000:])
+            else:
+                out["zero3_host"] = {"unet_params": n, "channels": [args.width, 2 * args.width, 2 * args.width],
+                                     "ranks": rows}
+        stages = [int(s) for s in args.zero.split(",") if s.strip()] if not args.host else []
         if stages:
             folder = tmp / "wide_digits"
             n = build_wide_digits(folder, args.width)

@@ -462,3 +462,75 @@ def test_gate_check_stays_quiet_when_the_gate_moves(tmp_path, caplog):
     assert stuck(6, flat) is None  # once
     assert suggested_tau(0.011) == 0.005 and suggested_tau(2.0) == 0.9
     assert GateCheck(load_config(write_config(tmp_path, "h.yaml", gate={"name": "hard"}))).done
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_the_base_weights_are_read_from_their_file_and_swapped_in_and_out_exactly(tmp_path, stage):
+    """Issue 29 (ZeRO-3 host memory): the run holds no copy of the base weights (base.safetensors is read
+    tensor by tensor when the report swaps them in), and the swap puts the trained weights back bit for bit
+    (under ZeRO-3 from each rank's own shards, not from a gathered copy of the model)."""
+    from rats_core.evaluation.in_training import swapped_weights
+    from rats_core.training.trainer import Trainer
+
+    cfg = write_config(tmp_path, deepspeed={"zero_optimization": {"stage": stage}},
+                       eval={"at_end": True}, train={"steps": 2, "checkpoint_every": 0})
+    trainer = Trainer(load_config(cfg))
+    try:
+        trainer.setup()
+        assert isinstance(trainer.base_state, ckpt.TensorFile)
+        base = load_file(str(tmp_path / "run" / "base.safetensors"))
+        trainer.train_step()
+        trained = trainer.student_state(rank0_only=False)
+        assert any(not torch.equal(trained[k], base[k]) for k in base)
+        with swapped_weights(trainer, trainer.base_state):
+            during = trainer.student_state(rank0_only=False)
+        after = trainer.student_state(rank0_only=False)
+    finally:
+        trainer.cleanup()
+    for k in base:
+        assert torch.equal(during[k], base[k]), k
+        assert torch.equal(after[k], trained[k]), k
+
+
+def test_a_tensor_file_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
+    """Checking a checkpoint's names and shapes reads no tensor; loading reads each tensor once."""
+    import safetensors
+
+    tensors = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4)}
+    path = tmp_path / "t.safetensors"
+    ckpt.save_tensor_file(tensors, path)
+    reads = []
+    real = safetensors.safe_open
+
+    class Counting:
+        def __init__(self, *a, **k):
+            self.inner = real(*a, **k)
+
+        def __enter__(self):
+            self.f = self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def keys(self):
+            return self.f.keys()
+
+        def get_slice(self, name):
+            return self.f.get_slice(name)
+
+        def get_tensor(self, name):
+            reads.append(name)
+            return self.f.get_tensor(name)
+
+    monkeypatch.setattr(safetensors, "safe_open", Counting)
+    f = ckpt.open_tensor_file(path)
+    ckpt.check_tensors(f, {"a": (2, 3), "b": (4,)}, path, ["a", "b"])
+    assert reads == [] and f.shapes == {"a": (2, 3), "b": (4,)} and sorted(f) == ["a", "b"]
+    with pytest.raises(CheckpointError, match="tensor 'a' has shape \\(2, 3\\), the model expects \\(3, 2\\)"):
+        ckpt.check_tensors(f, {"a": (3, 2), "b": (4,)}, path, ["a", "b"])
+    module = torch.nn.Module()
+    module.a = torch.nn.Parameter(torch.zeros(2, 3))
+    module.b = torch.nn.Parameter(torch.zeros(4))
+    ckpt.load_into(module, f, path, ["a", "b"])
+    assert sorted(reads) == ["a", "b"] and torch.equal(module.a, tensors["a"])

@@ -22,18 +22,19 @@ if TYPE_CHECKING:  # pragma: no cover
 @contextlib.contextmanager
 def swapped_weights(trainer: "Trainer", state: dict[str, Tensor]) -> Iterator[None]:
     """Temporarily load ``state`` into the student's trainable parameters (e.g. the base weights).
-    Under ZeRO-3 every rank takes part and the tensors go through a few at a time (rats_core/parallel/zero.py),
-    never the whole model gathered at once."""
+    Under ZeRO-3 each rank keeps only its own shards to put back and writes its shard of each new tensor
+    (rats_core/parallel/zero.py): ``state`` may be a file read tensor by tensor (the base weights are), so no
+    rank ever holds the whole model."""
     from rats_core.parallel import zero
     params = dict(trainer.student.named_parameters())
     names = [n for n in trainer.trainable_names if n in state]
     if trainer.zero_stage == 3:
-        saved = zero.gathered_state(trainer.student, names, rank0_only=False)
+        saved = zero.local_state(trainer.student, names)  # this rank's shards: 1/N of the model, no gather
         zero.load_partitioned(trainer.student, state, names)
         try:
             yield
         finally:
-            zero.load_partitioned(trainer.student, saved, names)
+            zero.restore_local(trainer.student, saved)
         return
     saved = {n: params[n].detach().clone() for n in names}
     with torch.no_grad():

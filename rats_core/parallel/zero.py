@@ -68,6 +68,37 @@ def load_partitioned(module: nn.Module, tensors: dict[str, torch.Tensor], names:
                 p.data.copy_(t.to(p.device).view_as(p.data))
 
 
+def local_state(module: nn.Module, names: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """What this rank holds of ``module``'s parameters ``names``, copied: ``(shard, whole)`` — its ZeRO-3
+    shard and, where the parameter is whole on this rank right now, the whole tensor (else None); for an
+    unpartitioned parameter ``(tensor, None)``. 1/N of the model per rank (plus the small persistent
+    parameters), where a gathered copy would be the whole model on every rank."""
+    params = dict(module.named_parameters())
+    out = {}
+    for n in names:
+        p = params[n]
+        if not is_partitioned(p):
+            out[n] = (p.detach().clone(), None)
+        else:
+            whole = p.detach().clone() if _whole_now(p) and p.data.data_ptr() != p.ds_tensor.data_ptr() else None
+            out[n] = (p.ds_tensor.detach().clone(), whole)
+    return out
+
+
+def restore_local(module: nn.Module, saved: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+    """Put back what :func:`local_state` copied (no collective: each rank restores its own part)."""
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for n, (shard, whole) in saved.items():
+            p = params[n]
+            if not is_partitioned(p):
+                p.copy_(shard)
+                continue
+            p.ds_tensor.data.copy_(shard)
+            if whole is not None and _whole_now(p):
+                p.data.copy_(whole)
+
+
 def full_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     """Each parameter's full shape, partitioned or not."""
     return {n: tuple(p.ds_shape if is_partitioned(p) else p.shape) for n, p in module.named_parameters()}

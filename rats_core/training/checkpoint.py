@@ -22,7 +22,8 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -174,6 +175,50 @@ def load_tensor_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
+class TensorFile(Mapping):
+    """A safetensors file read one tensor at a time: ``file[name]`` reads that tensor (a fresh CPU tensor),
+    ``file.shapes[name]`` its shape without reading it. What a rank holds of a checkpoint or of the base
+    weights is then at most one full tensor at a time (under ZeRO-3 it keeps only its shard of each)."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{path}: missing from the checkpoint")
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                self._names = list(f.keys())
+                self.shapes = {n: tuple(f.get_slice(n).get_shape()) for n in self._names}
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.shapes:
+            raise KeyError(name)
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                return f.get_tensor(name)
+        except Exception as exc:
+            raise CheckpointError(f"{self.path}: tensor '{name}' is not readable ({exc})") from None
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
+        return name in self.shapes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def open_tensor_file(path: Path) -> TensorFile:
+    """A safetensors file to read tensor by tensor (:class:`TensorFile`), its names and shapes checked now."""
+    return TensorFile(path)
+
+
 def save_torch_plain(obj: Any, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -293,10 +338,11 @@ def check_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int,
             f"{source}: lacks {len(missing)} trained tensors (e.g. '{missing[0]}'); "
             "was it written by a run with another backbone or LoRA setting?"
         )
+    have = getattr(tensors, "shapes", None) or {n: tuple(tensors[n].shape) for n in names}
     for n in names:
-        if tuple(shapes[n]) != tuple(tensors[n].shape):
+        if tuple(shapes[n]) != tuple(have[n]):
             raise CheckpointError(
-                f"{source}: tensor '{n}' has shape {tuple(tensors[n].shape)}, the model expects {tuple(shapes[n])} "
+                f"{source}: tensor '{n}' has shape {tuple(have[n])}, the model expects {tuple(shapes[n])} "
                 "(checkpoint of a different architecture)"
             )
 

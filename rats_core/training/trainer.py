@@ -239,14 +239,18 @@ class Trainer:
         """The base model's trainable weights, for the report's "base" rows; stored once per run
         folder so a resumed run still compares against the true base."""
         path = self.output_dir / "base.safetensors"
-        if path.is_file():
-            self.base_state = ckpt.load_tensor_file(path)
-            return
-        self.base_state = self.student_state(rank0_only=False)
-        if self.dist.is_main:
-            tmp = path.with_name(".base.safetensors.tmp")
-            ckpt.save_tensor_file(self.base_state, tmp)
-            os.replace(tmp, path)
+        fresh = not path.is_file()
+        barrier()  # every rank has looked before rank 0 may write it
+        if fresh:
+            state = self.student_state(rank0_only=True)  # gathered on rank 0 only, a few tensors at a time
+            if self.dist.is_main:
+                tmp = path.with_name(".base.safetensors.tmp")
+                ckpt.save_tensor_file(state, tmp)
+                os.replace(tmp, path)
+            del state
+            barrier()
+        # read tensor by tensor when the report swaps them in: no rank holds a copy of the model meanwhile
+        self.base_state = ckpt.open_tensor_file(path)
 
     # -- training
 
@@ -463,8 +467,9 @@ class Trainer:
                 f"{folder}: written by {state.get('world_size')} ranks, now {self.dist.world_size}; "
                 "resume with the same number of processes"
             )
-        student = ckpt.load_tensor_file(folder / "student.safetensors")
-        teacher = ckpt.load_tensor_file(folder / "teacher.safetensors")
+        # read tensor by tensor: a rank holds one full tensor at a time (under ZeRO-3 it keeps its shard of it)
+        student = ckpt.open_tensor_file(folder / "student.safetensors")
+        teacher = ckpt.open_tensor_file(folder / "teacher.safetensors")
         missing = [n for n in self.teacher.names if n not in teacher]
         if missing:
             raise CheckpointError(f"{folder}/teacher.safetensors: lacks '{missing[0]}'")
