@@ -77,3 +77,11 @@ def test_builtin_gates_are_registered_with_validated_options():
         reg.build("gates", "constant", {"c": 1.5})
     with pytest.raises(ConfigError, match=r"gate\.tau: unknown option"):
         reg.build("gates", "hard", {"tau": 1.0})
+
+
+def test_defaults():
+    from rats_plugins.gates import ConstantGate, HardGate, SigmoidGate
+
+    assert sigmoid().tau == 1.0 and SigmoidGate().tau == 1.0  # the paper's gate at τ = 1
+    assert hard().margin == 0.0 and HardGate().margin == 0.0
+    assert constant().c == 1.0 and ConstantGate().c == 1.0  # always distil

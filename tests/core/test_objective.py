@@ -242,6 +242,16 @@ def test_settings_from_config(toy_config):
     cfg = load_config(toy_config, ["loss.alpha=0.5", "student.grad_steps=2", "teacher.alignment=nearest"])
     s = ObjectiveSettings.from_config(cfg)
     assert (s.student_steps, s.teacher_steps, s.grad_steps, s.alpha, s.alignment) == (2, 8, 2, 0.5, "nearest")
+    # every key the objective reads, each off its default
+    cfg = load_config(toy_config, [
+        "student.steps=3", "teacher.steps=9", "teacher.alignment=nearest", "teacher.target=sample",
+        "student.grad_steps=2", "loss.alpha=0.5", "loss.beta=0.25", "loss.cosine_weight=0.3", "loss.l2_weight=2.0",
+        "student.guidance_scale=1.5", "teacher.guidance_scale=4.0", "student.gradient_checkpointing=true",
+        "student.horizon_gradients=false"])
+    assert ObjectiveSettings.from_config(cfg) == ObjectiveSettings(
+        student_steps=3, teacher_steps=9, alignment="nearest", teacher_target="sample", grad_steps=2, alpha=0.5,
+        beta=0.25, cosine_weight=0.3, l2_weight=2.0, student_guidance=1.5, teacher_guidance=4.0, checkpointing=True,
+        teacher_inference_mode=True, horizon_gradients=False)
 
 
 @pytest.mark.parametrize("horizon_gradients", [True, False])
@@ -351,3 +361,120 @@ def test_continuation_under_nearest_alignment_starts_at_the_students_sigma():
     got = obj.teacher_continuations(b.denoiser, s.states, cond, t)[1]
     by_hand = rollout(b, b.denoiser, None, cond, torch.tensor([0.95, 0.5, 0.25, 0.0]), keep=(), start=s.states[1])
     assert torch.allclose(got, by_hand.final)
+
+
+# ----------------------------------------------------------------------------- what each piece runs with
+
+
+class Recording(ToyBackbone):
+    """The toy backbone, recording per network call its guidance scale and whether inference mode was on."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen: list[tuple[float, bool]] = []
+
+    def predict_x0(self, denoiser, x, sigma, cond, guidance_scale: float = 1.0):
+        self.seen.append((guidance_scale, torch.is_inference_mode_enabled()))
+        return super().predict_x0(denoiser, x, sigma, cond, guidance_scale=guidance_scale)
+
+
+@pytest.mark.parametrize("inference_mode", [True, False])
+def test_each_rollout_runs_with_its_own_guidance_and_the_teacher_without_autograd(inference_mode):
+    """The teacher's rollouts (its own and the continuations) use teacher.guidance_scale and run under
+    inference mode unless teacher_inference_mode is off; the student's use student.guidance_scale, with
+    autograd. What they return is usable outside inference mode: the loss backpropagates."""
+    b = Recording(interpolation="flow")
+    obj = RatsObjective(b, _rewards(), sigmoid(), all_steps(), ObjectiveSettings(
+        student_steps=2, teacher_steps=4, student_guidance=1.5, teacher_guidance=3.0, teacher_target="continuation",
+        teacher_inference_mode=inference_mode))
+    teacher = Teacher(b.denoiser).module
+    noise = torch.randn(b.latent_shape(2))
+    cond = b.encode_prompts(PROMPTS[:2])
+    t = obj.teacher_rollout(teacher, noise, cond, PROMPTS[:2])
+    assert b.seen and set(b.seen) == {(3.0, inference_mode)}
+    assert t.images is not None and torch.equal(t.images, b.decode(t.final))
+    assert not any(x.is_inference() for x in (t.final, t.images, t.reward, *t.x0.values(), *t.parts.values()))
+    b.seen.clear()
+    s = obj.student_rollout(b.denoiser, noise, cond)
+    assert b.seen and set(b.seen) == {(1.5, False)}
+    b.seen.clear()
+    targets = obj.teacher_continuations(teacher, s.states, cond, t)
+    assert b.seen and set(b.seen) == {(3.0, inference_mode)} and not targets[1].is_inference()
+    loss, _ = obj(b.denoiser, teacher, PROMPTS[:2], noise)
+    loss.backward()
+    assert any(p.grad is not None for p in b.denoiser.parameters())
+
+
+def test_the_objective_times_its_phases_by_name_only_when_asked():
+    from rats_core.timing import PhaseTimer
+
+    b, student, teacher, obj, noise = _setup("flow", teacher_target="continuation")
+    assert obj.timer.enabled is False
+    obj(student, teacher, PROMPTS, noise)
+    assert obj.timer.totals == {}
+    obj.timer = PhaseTimer(True)
+    obj(student, teacher, PROMPTS, noise)
+    assert set(obj.timer.totals) == {"encode_prompts", "teacher_rollout", "student_rollout", "teacher_continuation",
+                                     "student_reward", "loss"}
+    obj.timer.totals.clear()
+    obj.s.alpha = 0.0  # no shaping: no continuation to run; the prompts already encoded
+    obj(student, teacher, PROMPTS, noise, cond=b.encode_prompts(PROMPTS))
+    assert set(obj.timer.totals) == {"teacher_rollout", "student_rollout", "student_reward", "loss"}
+
+
+def test_continuation_targets_are_used_whatever_the_shaping_weight():
+    """α = 0.5 (below 1): the shape loss still matches each horizon to the teacher's continuation."""
+    b, student, teacher, obj, noise = _setup("flow", teacher_target="continuation", alpha=0.5)
+    cond = b.encode_prompts(PROMPTS)
+    t = obj.teacher_rollout(teacher, noise, cond, PROMPTS)
+    s = obj.student_rollout(student, noise, cond)
+    targets = obj.teacher_continuations(teacher, s.states, cond, t)
+    r_s, _ = obj.rewards(b.decode(s.final), PROMPTS)
+    d = [horizon_distance(s.x0[k], targets[k]) for k in range(3)]
+    g = torch.sigmoid((t.reward - r_s.detach()) / 0.05)
+    expected = (-0.7 * r_s + 0.5 * g * (d[0] + 2 * d[1] + 3 * d[2]) / 6).mean()
+    loss, _ = obj(student, teacher, PROMPTS, noise)
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_the_shape_loss_uses_the_configured_cosine_and_l2_weights():
+    b, student, teacher, obj, noise = _setup("ve", cosine_weight=0.3, l2_weight=2.5)
+    cond = b.encode_prompts(PROMPTS)
+    t = obj.teacher_rollout(teacher, noise, cond, PROMPTS)
+    s = obj.student_rollout(student, noise, cond)
+    d = [0.3 * (1 - torch.cosine_similarity(s.x0[k].flatten(1), t.x0[k].flatten(1), dim=1))
+         + 2.5 * (s.x0[k] - t.x0[k]).flatten(1).pow(2).mean(dim=1) for k in range(3)]
+    _, metrics = obj(student, teacher, PROMPTS, noise)
+    assert metrics["shape_loss"].item() == pytest.approx(((d[0] + 2 * d[1] + 3 * d[2]) / 6).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("c, low, high", [(0.1, 0.0, 0.0), (0.9, 0.0, 0.0), (0.05, 1.0, 0.0), (0.95, 0.0, 1.0)])
+def test_gate_low_and_high_are_strict(c, low, high):
+    _, student, teacher, obj, noise = _setup(gate=constant(c=c))
+    _, metrics = obj(student, teacher, PROMPTS, noise)
+    assert (metrics["gate_low"].item(), metrics["gate_high"].item()) == (low, high)
+
+
+def test_default_names_in_plugin_errors():
+    b = ToyBackbone()
+    settings = ObjectiveSettings(student_steps=2, teacher_steps=4)
+    with pytest.raises(PluginError, match="horizon schedule 'horizons' raised KeyError"):
+        RatsObjective(b, _rewards(), sigmoid(), lambda s: {}["x"], settings)
+    obj = RatsObjective(b, _rewards(), lambda r_t, r_s: 1 / 0, all_steps(), settings)
+    with pytest.raises(PluginError, match="gate 'gate' raised ZeroDivisionError"):
+        obj.gate_values(torch.zeros(2), torch.zeros(2))
+
+
+def test_a_zero_weight_horizon_is_not_matched(spy_backbone_cls):
+    """Horizons (0, 0.0) and (2, 1.0) of K = 3: step 0 gets no gradient of its own and the teacher keeps no
+    prediction for it; only step 2 is shaped."""
+    b = spy_backbone_cls(ToyBackbone(interpolation="flow"))
+    obj = RatsObjective(b, _rewards(), sigmoid(), explicit(steps=[0, 2], weights=[0.0, 1.0]),
+                        ObjectiveSettings(student_steps=3, teacher_steps=6, grad_steps=1))
+    assert obj.horizons == [(0, 0.0), (2, 1.0)] and obj.horizon_steps == [2]
+    noise = torch.randn(b.latent_shape(2))
+    cond = b.encode_prompts(PROMPTS[:2])
+    b.reset()
+    s = obj.student_rollout(b.denoiser, noise, cond)
+    assert b.steps_with_graph() == {2} and sorted(s.x0) == [2]
+    assert sorted(obj.teacher_rollout(b.denoiser, noise, cond, PROMPTS[:2]).x0) == [2]

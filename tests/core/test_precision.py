@@ -102,3 +102,12 @@ def test_enable_tf32_sets_both_cuda_flags_and_leaves_the_cpu_alone(tf32_flags):
     assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
     precision.enable_tf32(torch.device("cuda", 0), 1)  # truthy values are stored as bools
     assert torch.backends.cuda.matmul.allow_tf32 is True and torch.backends.cudnn.allow_tf32 is True
+
+
+def test_autocast_on_cuda_is_bf16_not_cudas_fp16_default():
+    import warnings
+
+    with warnings.catch_warnings():  # a CPU-only torch warns that CUDA autocast is disabled
+        warnings.simplefilter("ignore")
+        ctx = precision.autocast(torch.device("cuda"), "bf16")
+    assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16

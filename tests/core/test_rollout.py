@@ -160,3 +160,88 @@ def test_sample_runs_without_gradient_and_decodes():
     assert images.min() >= 0 and images.max() <= 1
     latents = sample(b, b.denoiser, ["a", "b"], 3, generator=torch.Generator().manual_seed(0), decode=False)
     assert torch.allclose(b.decode(latents), images)
+
+
+# ----------------------------------------------------------------------------- what the network sees
+
+
+class Recording(ToyBackbone):
+    """The toy backbone, recording per network call the guidance scale and the autocast dtype (None: off)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen: list[tuple[float, torch.dtype | None]] = []
+
+    def predict_x0(self, denoiser, x, sigma, cond, guidance_scale: float = 1.0):
+        amp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        self.seen.append((guidance_scale, amp))
+        return super().predict_x0(denoiser, x, sigma, cond, guidance_scale=guidance_scale)
+
+
+def test_rollout_defaults_no_gradient_guidance_one_no_checkpointing():
+    b = Recording(interpolation="flow")
+    noise = torch.randn(b.latent_shape(2))
+    cond = b.encode_prompts(["a", "b"])
+    sigmas = b.sigmas(K)
+    r = rollout(b, b.denoiser, noise, cond, sigmas)
+    assert r.sigmas is sigmas and sorted(r.x0) == list(range(K)) and r.states == {}
+    assert not r.final.requires_grad and b.seen == [(1.0, None)] * K
+    # with a gradient chain and checkpointing left at its default, backward evaluates nothing again
+    b.seen.clear()
+    rollout(b, b.denoiser, noise, cond, sigmas, grad_steps=2, guidance_scale=2.5).final.sum().backward()
+    assert b.seen == [(2.5, None)] * K
+
+
+def test_checkpointing_recomputes_the_chain_with_the_same_guidance():
+    b = Recording(interpolation="ve")
+    noise = torch.randn(b.latent_shape(2))
+    r = rollout(b, b.denoiser, noise, b.encode_prompts(["a", "b"]), b.sigmas(K), grad_steps=2, local_grad_steps=(0,),
+                guidance_scale=2.5, checkpointing=True)
+    assert len(b.seen) == K
+    (r.final.sum() + r.x0[0].sum()).backward()
+    assert b.seen == [(2.5, None)] * (K + 3)  # the 3 differentiated evaluations run again in backward
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_low_precision_network_computes_under_autocast_and_the_trajectory_stays_float32(dtype, checkpointing):
+    b = Recording(interpolation="flow")
+    net = b.denoiser.to(dtype)
+    noise = torch.randn(b.latent_shape(2))
+    r = rollout(b, net, noise, b.encode_prompts(["a", "b"]), b.sigmas(K), grad_steps=1, checkpointing=checkpointing)
+    assert b.seen == [(1.0, dtype)] * K
+    assert r.final.dtype == torch.float32 and all(x.dtype == torch.float32 for x in r.x0.values())
+    r.final.float().sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    # under an outer autocast (the trainer's bf16) the network is not wrapped again: the outer dtype holds
+    b.seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r = rollout(b, net, noise, b.encode_prompts(["a", "b"]), b.sigmas(K))
+    assert b.seen == [(1.0, torch.bfloat16)] * K and r.final.dtype == torch.float32
+
+
+def test_a_float32_network_runs_without_autocast():
+    b = Recording(interpolation="ve")
+    r = rollout(b, b.denoiser, torch.randn(b.latent_shape(2)), b.encode_prompts(["a", "b"]), b.sigmas(K))
+    assert b.seen == [(1.0, None)] * K and r.final.dtype == torch.float32
+
+
+def test_the_network_dtype_is_16_bit_if_any_weight_is():
+    from torch import nn
+
+    from rats_core.method.rollout import _param_dtype
+
+    lora_like = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2).to(torch.bfloat16))  # float32 first, bf16 base
+    assert _param_dtype(lora_like) == torch.bfloat16
+    assert _param_dtype(nn.Sequential(nn.Linear(2, 2).half(), nn.Linear(2, 2))) == torch.float16
+    assert _param_dtype(nn.Linear(2, 2).double()) == torch.float64
+    assert _param_dtype(nn.ReLU()) is None
+
+
+def test_sample_passes_its_guidance_scale():
+    b = Recording()
+    sample(b, b.denoiser, ["a", "b"], 3, generator=torch.Generator().manual_seed(0))
+    assert b.seen == [(1.0, None)] * 3
+    b.seen.clear()
+    sample(b, b.denoiser, ["a", "b"], 3, generator=torch.Generator().manual_seed(0), guidance_scale=4.0)
+    assert b.seen == [(4.0, None)] * 3

@@ -78,6 +78,19 @@ def test_shape_loss_zero_weight_horizons_are_skipped_but_count_in_nothing():
     # step 1 has weight 0 and no predictions at all: it must not be looked up
     out = shape_loss({0: S}, {0: T}, [(0, 2.0), (1, 0.0)], cosine_weight=1.0, l2_weight=0.0)
     assert out.tolist() == pytest.approx(ONE_MINUS_COS, abs=1e-6)
+    # ... wherever it stands: the horizons after it still count
+    out = shape_loss({2: S}, {2: T}, [(0, 0.0), (2, 2.0)], cosine_weight=1.0, l2_weight=0.0)
+    assert out.tolist() == pytest.approx(ONE_MINUS_COS, abs=1e-6)
+
+
+def test_tiny_latents_still_compare_by_direction():
+    """Cosine's eps guards only against a zero norm: latents of norm 1e-3 pointing the same way are at cosine
+    distance 0, opposite ones at 2."""
+    small = lat([1e-3, 0.0], [1e-3, 1e-3])
+    d = horizon_distance(small, small, cosine_weight=1.0, l2_weight=0.0)
+    assert d.tolist() == pytest.approx([0.0, 0.0], abs=1e-5)
+    d = horizon_distance(small, -small, cosine_weight=1.0, l2_weight=0.0)
+    assert d.tolist() == pytest.approx([2.0, 2.0], abs=1e-5)
 
 
 def test_shape_loss_options_are_passed_through():
@@ -86,5 +99,16 @@ def test_shape_loss_options_are_passed_through():
 
 
 def test_shape_loss_rejects_zero_total_weight():
-    with pytest.raises(ValueError, match="sum to zero"):
+    with pytest.raises(ValueError, match="^horizon weights sum to zero$"):
         shape_loss({0: S}, {0: T}, [(0, 0.0)])
+
+
+def test_validate_horizons_names_the_schedule_in_its_errors():
+    from rats_core.errors import PluginError
+    from rats_core.method.shaping import validate_horizons
+
+    assert validate_horizons([(0, 1), ("2", "0.5")], 3) == [(0, 1.0), (2, 0.5)]
+    with pytest.raises(PluginError, match=r"^horizon schedule 'horizons' returned steps \[3\]; need unique steps in 0..2$"):
+        validate_horizons([(3, 1.0)], 3)
+    with pytest.raises(PluginError, match="horizon schedule 'mine' returned weights"):
+        validate_horizons([(0, 0.0)], 3, "mine")

@@ -19,6 +19,7 @@ from rats_core.method.sigmas import (
     align_schedules,
     ddim_step,
     initial_latents,
+    ve_model_input,
     x0_from_eps,
     x0_from_flow,
     x0_from_v,
@@ -138,6 +139,36 @@ def test_nearest_warns_when_inexact(caplog):
     assert a.teacher_index == (0, 3, 5)  # 2/3 -> 5/8, 1/3 -> 3/8
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "nearest" in record.getMessage() and "superset" in record.getMessage()
+
+
+def test_nearest_tolerance_is_relative_above_sigma_one(caplog):
+    """A student σ counts as on the teacher's grid within 1e-6 · max(1, σ): 5e-6 off at σ = 10 is on it
+    (5e-6 < 1e-5), 1.5e-6 off at σ = 0.5 is not (> 1e-6)."""
+    with caplog.at_level(logging.WARNING, logger="rats_core.method.sigmas"):
+        a = align_schedules(torch.tensor([10.0, 0.0], dtype=torch.float64),
+                            torch.tensor([10.000005, 5.0, 0.0], dtype=torch.float64), "nearest")
+    assert a.exact and a.teacher_index == (0,) and not caplog.records
+    with caplog.at_level(logging.WARNING, logger="rats_core.method.sigmas"):
+        a = align_schedules(torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64),
+                            torch.tensor([1.0, 0.5000015, 0.0], dtype=torch.float64), "nearest")
+    assert not a.exact and a.teacher_index == (0, 1)
+    (record,) = caplog.records
+    assert record.getMessage() == ("teacher schedule does not contain every student sigma; matching nearest "
+                                   "(largest gap 1.5e-06). Use teacher.alignment=superset for exact alignment.")
+
+
+def test_superset_is_the_default_and_copes_with_more_student_than_teacher_steps():
+    student, teacher = torch.linspace(1.0, 0.0, 5), torch.linspace(1.0, 0.0, 3)  # K = 4, N = 2
+    a = align_schedules(student, teacher)
+    assert a.exact and a.teacher.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0] and a.teacher_index == (0, 1, 2, 3)
+    assert a.student.dtype == a.teacher.dtype == torch.float32
+
+
+def test_ve_model_input_is_x_over_sqrt_sigma_squared_plus_one():
+    x = torch.full((2, 1, 2, 2), 3.0)
+    assert torch.allclose(ve_model_input(x, 4.0), x / 17 ** 0.5)  # √(4² + 1)
+    per_sample = ve_model_input(x, torch.tensor([0.0, 2.0]))
+    assert per_sample[0].eq(3.0).all() and torch.allclose(per_sample[1], torch.full((1, 2, 2), 3 / 5 ** 0.5))
 
 
 def test_unknown_alignment_mode():

@@ -160,3 +160,57 @@ def test_load_state_dict_casts_to_the_teacher_dtype():
 def test_unknown_kind():
     with pytest.raises(ValueError, match="'ema' or 'frozen'"):
         Teacher(_net(), kind="average")
+
+
+def test_make_teacher_shares_only_frozen_tensors_and_only_when_asked():
+    student = _net()
+    student[0].requires_grad_(False)  # a LoRA run's base weights
+    copied = make_teacher(student)  # the default: an independent copy of everything
+    assert all(a is not b and a.data_ptr() != b.data_ptr() for a, b in zip(copied.parameters(), student.parameters()))
+    shared = make_teacher(student, share_frozen=True)
+    assert shared[0].weight is student[0].weight and shared[0].bias is student[0].bias
+    assert shared[2].weight is not student[2].weight and shared[2].weight.data_ptr() != student[2].weight.data_ptr()
+    assert not shared[2].weight.requires_grad and student[2].weight.requires_grad  # the copies are frozen
+    assert torch.equal(shared[2].weight, student[2].weight)
+    t = Teacher(student, share_frozen=True)
+    assert t.module[0].weight is student[0].weight and t.module[2].weight is not student[2].weight
+    assert Teacher(student).module[0].weight is not student[0].weight
+
+
+def test_teacher_defaults_and_missing_names():
+    t = Teacher(_net())
+    assert (t.kind, t.decay) == ("ema", 0.99)
+    with pytest.raises(KeyError, match=r"teacher state lacks \['0.weight', '0.bias', '2.weight'\]"):
+        t.load_state_dict({})
+
+
+def test_teacher_update_follows_a_new_student_module():
+    """The student's tensors are looked up once per student module; a different module is looked up anew."""
+    student = _net()
+    t = Teacher(student, decay=0.5)
+    t.update(student)
+    other = _net()
+    _shift(other, 2.0)
+    t.update(other)
+    for (n, p), q in zip(t.module.named_parameters(), student.parameters()):
+        assert torch.allclose(p, q + 1.0), n  # 0.5·θ + 0.5·(θ + 2)
+
+
+def test_teacher_cache_counts_hits_and_misses_and_drops_the_images():
+    from rats_core.method.objective import TeacherOutput
+    from rats_core.method.teacher import TeacherCache
+
+    cache = TeacherCache()
+    assert (len(cache), cache.hits, cache.misses) == (0, 0, 0)
+    assert cache.get(3) is None and (cache.hits, cache.misses) == (0, 1)
+    out = TeacherOutput({0: torch.ones(1)}, torch.zeros(1), torch.ones(1, 3, 2, 2), torch.ones(1), {})
+    cache.put(3, out)
+    got = cache.get(3)
+    assert got.images is None and got.x0 is out.x0 and got.final is out.final and got.reward is out.reward
+    assert out.images is not None  # the caller's output is untouched
+    assert (len(cache), cache.hits, cache.misses) == (1, 1, 1)
+    assert cache.get(4) is None and (cache.hits, cache.misses) == (1, 2)
+    cache.get(3)
+    assert (cache.hits, cache.misses) == (2, 2)
+    cache.clear()
+    assert len(cache) == 0 and cache.get(3) is None
