@@ -182,6 +182,12 @@ class TrainConfig(_Strict):
     profile: bool = False
     #: export the student at the end of training (a diffusers folder, or LoRA file for LoRA runs)
     export: bool = True
+    #: seconds one collective of a training step may wait for the other ranks: a rank that vanished is
+    #: named and the others stop within it (docs/distributed.md, "When a rank dies")
+    collective_timeout: float = Field(default=300.0, gt=0)
+    #: seconds the other ranks wait while rank 0 alone writes a checkpoint or the export, and the bound on
+    #: setup (rendezvous, loading models)
+    save_timeout: float = Field(default=7200.0, gt=0)
 
 
 class DataConfig(_Strict):

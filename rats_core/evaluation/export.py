@@ -223,18 +223,24 @@ def export_trained(trainer: Any) -> Path | None:
     """What the built-in ``export`` callback runs at ``fit_end``: the student as ``rats export`` writes it,
     from the final checkpoint, with the run recorded in ``rats_export.json`` (``export/``, or
     ``export_lora/`` for a LoRA run). Rank 0 rebuilds the backbone in host memory for it, so a ZeRO-3
-    student is never gathered whole on a device; the other ranks wait for it. ``None`` when
-    ``train.export`` is off."""
+    student is never gathered whole on a device; the other ranks wait for it, bounded by
+    ``train.save_timeout`` (a FLUX export on the CPU can outlast the collective timeout); were rank 0 to
+    die meanwhile, their heartbeats notice it. ``None`` when ``train.export`` is off."""
     from rats_core.parallel.distributed import barrier
     from rats_core.training.checkpoint import latest_checkpoint
 
     cfg = trainer.cfg
     if not cfg.train.export:
         return None
+    watch = getattr(trainer, "watch", None)
+    if watch is not None:
+        watch.set_phase("export")  # rank 0 may be busy (and quiet) for long
     target = None
     if trainer.dist.is_main:
         target = trainer.output_dir / ("export_lora" if cfg.student.lora is not None else "export")
         export_run(trainer.output_dir, target, lora_only=cfg.student.lora is not None,
                    checkpoint=latest_checkpoint(trainer.output_dir), overwrite=True, device="cpu")
-    barrier()
+    barrier(long=True)
+    if watch is not None:
+        watch.set_phase("done")
     return target

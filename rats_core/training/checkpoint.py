@@ -252,6 +252,17 @@ def begin_save(output_dir: Path, step: int) -> Path:
     return tmp
 
 
+def remove_partial_saves(output_dir: Path) -> None:
+    """Remove the ``.tmp_*`` and ``.old_*`` folders a process killed while saving or pruning left behind.
+    Only for the process that holds the run folder's lock: no save is under way then."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith((".tmp_step_", ".old_step_")):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _fsync_tree(folder: Path) -> None:
     for p in folder.rglob("*"):
         if p.is_file():

@@ -1,10 +1,13 @@
-"""The run folder: claiming it (an exclusive lock), finding what to resume, writing the resolved
-config, and leaving nothing behind when a run fails before training starts."""
+"""The run folder: claiming it (an exclusive lock), checking that every node of a multi-node job sees it,
+finding what to resume, writing the resolved config, and leaving nothing behind when a run fails before
+training starts."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +75,11 @@ def _check_writable(folder: Path) -> None:
 class RunFolder:
     """``output_dir`` as a training run uses it (rank 0 claims and writes it)."""
 
+    #: written by rank 0 at the start of a multi-rank run; every rank must read it back (a shared folder)
+    START_TOKEN = ".rats.start"
     #: files setup writes, removed again when setup fails
-    SETUP_FILES = ("base.safetensors", ".base.safetensors.tmp", ".config.yaml.tmp", "config.yaml")
+    SETUP_FILES = ("base.safetensors", ".base.safetensors.tmp", ".config.yaml.tmp", "config.yaml", START_TOKEN,
+                   START_TOKEN + ".tmp")
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -87,6 +93,32 @@ class RunFolder:
         _check_writable(self.path)
         self.lock = RunLock(self.path)
         self.lock.acquire()
+        ckpt.remove_partial_saves(self.path)  # left by a process killed while saving; ours now, under the lock
+
+    def write_start_token(self) -> str:
+        """A fresh token in ``.rats.start`` (rank 0, after claiming the folder); returns it."""
+        token = uuid.uuid4().hex
+        tmp = self.path / (self.START_TOKEN + ".tmp")
+        tmp.write_text(token)
+        os.replace(tmp, self.path / self.START_TOKEN)
+        return token
+
+    def sees_start_token(self, token: str, wait: float | None = None) -> bool:
+        """Whether this process reads ``token`` in its ``output_dir``. A network filesystem may show a file
+        another machine just wrote only after its attribute cache expires (NFS: up to 30-60 s), so look again
+        for ``wait`` seconds (default 60, ``RATS_SHARED_FOLDER_WAIT``) before concluding it is not shared."""
+        if wait is None:
+            wait = float(os.environ.get("RATS_SHARED_FOLDER_WAIT", "60"))
+        end = time.monotonic() + wait
+        while True:
+            try:
+                if (self.path / self.START_TOKEN).read_text().strip() == token:
+                    return True
+            except OSError:
+                pass
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.25)
 
     def resume_target(self, cfg: Any) -> Path | None:
         """The checkpoint ``train.resume`` asks for: the newest (``auto``), none (``never``, refusing a
@@ -140,6 +172,26 @@ class RunFolder:
                 if folder == self.created or folder.parent == folder:
                     return
                 folder = folder.parent
+
+
+def unshared_message(reports: list[dict[str, Any]]) -> str:
+    """The one message every rank stops with when some node does not see rank 0's run folder. ``reports``:
+    per rank (in rank order) ``{"seen", "node", "host", "path"}``."""
+    main = reports[0]
+    blind: dict[int, list[int]] = {}
+    for rank, r in enumerate(reports):
+        if not r["seen"]:
+            blind.setdefault(r["node"], []).append(rank)
+    node = min(blind)
+    ranks = blind[node]
+    first = reports[ranks[0]]
+    token = Path(first["path"]) / RunFolder.START_TOKEN
+    others = f" (and {len(blind) - 1} more node{'s' if len(blind) > 2 else ''})" if len(blind) > 1 else ""
+    return (f"output_dir must be one folder that every node sees: node {node} (host {first['host']}, "
+            f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}) does not see {token}, which rank 0 "
+            f"on node {main['node']} (host {main['host']}) has just written into {main['path']}{others}. Put "
+            "output_dir on a filesystem every node mounts at the same path (NFS, Lustre, a cluster's shared "
+            "home); nothing was trained")
 
 
 def resolved_config(cfg: Any, run_dir: Path) -> dict[str, Any]:

@@ -25,11 +25,20 @@ from rats_core.errors import CheckpointError, ConfigError, PluginError, RatsErro
 from rats_core.method.objective import ObjectiveSettings, RatsObjective
 from rats_core.method.teacher import Teacher, TeacherCache
 from rats_core.parallel import zero
-from rats_core.parallel.distributed import DistInfo, all_reduce_mean, any_rank, barrier, ranks_text, setup
+from rats_core.parallel.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    any_rank,
+    barrier,
+    ranks_text,
+    set_collective_timeout,
+    setup,
+)
+from rats_core.parallel.peers import PeerWatch
 from rats_core.prompts import PromptSampler, load_prompts
 from rats_core.timing import PhaseTimer
 from rats_core.training import checkpoint as ckpt
-from rats_core.training import precision
+from rats_core.training import precision, ranks
 from rats_core.training.callbacks import CallbackList, RunState, build_callbacks
 from rats_core.training.components import Components, apply_lora, build_components  # noqa: F401  (re-exported)
 from rats_core.training.engine import (
@@ -92,22 +101,25 @@ class Trainer:
         self._setup_done = False
         #: the step of the newest checkpoint this process saved (None: none yet)
         self._saved_step: int | None = None
+        #: heartbeats and the watch on another rank (several ranks only; rats_core/parallel/peers.py)
+        self.watch: PeerWatch | None = None
 
     # -- setup
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.dist = setup(cfg.train.device)
+        # setup (rendezvous, loading models, rank 0 writing the base weights) runs under the long bound;
+        # the training steps' collectives get train.collective_timeout at the end of setup
+        self.dist = setup(cfg.train.device, timeout=cfg.train.save_timeout, long_timeout=cfg.train.save_timeout)
+        d = self.dist
+        self.watch = ranks.start_watch(self)
         from rats_core.training.threads import apply_threads
 
         self.thread_policy = apply_threads(cfg.train.threads, verbose=self.dist.is_main)
-        d = self.dist
         if cfg.train.batch_size <= 0:
             raise ConfigError("train.batch_size must be positive")
         self.stop.announce = d.is_main
-        if d.is_main:
-            self.folder.claim()
-        barrier()
+        ranks.claim_shared_folder(self)
 
         resume_from = self.folder.resume_target(cfg)
         # built first: a bad callbacks section fails before any model loads
@@ -267,6 +279,13 @@ class Trainer:
             print(f"training: {total} steps on {ranks_text(d.world_size)} ({d.device.type}) in {self.output_dir}",
                   file=sys.stderr)
         self.callbacks.fire("fit_start", self.state)
+        if d.world_size > 1:
+            # every rank set up and through fit_start (rank 0 opens the loggers): from here on, a training
+            # step's collectives wait at most train.collective_timeout for the others
+            barrier(long=True)
+            set_collective_timeout(cfg.train.collective_timeout)
+        if self.watch is not None:
+            self.watch.set_phase("train")
         while self.step < total:
             if any_rank(self.stop.requested, d.device):
                 self.save_checkpoint()
@@ -398,13 +417,20 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Save atomically; a failed write (disk full, read-only folder) stops the run with a
-        TrainingError, the partial save removed and the previous checkpoint untouched."""
+        TrainingError, the partial save removed and the previous checkpoint untouched. The waits for rank 0's
+        writes are bounded by ``train.save_timeout``, not the collective timeout."""
+        phase = self.watch.phase if self.watch is not None else None
+        if self.watch is not None:
+            self.watch.set_phase("save")
         try:
-            return self._save_checkpoint()
+            final = self._save_checkpoint()
         except OSError as exc:
             partial = ckpt.checkpoint_dir(self.output_dir) / f".tmp_{ckpt.step_name(self.step)}"
             shutil.rmtree(partial, ignore_errors=True)  # give back the space the partial save took
             raise self.write_failed(f"save checkpoint {ckpt.step_name(self.step)}", exc) from None
+        if self.watch is not None and phase is not None:  # not on failure: the message says it was saving
+            self.watch.set_phase(phase)
+        return final
 
     def write_failed(self, what: str, exc: OSError) -> TrainingError:
         """The TrainingError for a failed write (disk full, read-only folder), naming what is kept."""
@@ -420,7 +446,7 @@ class Trainer:
         tmp = None
         if d.is_main:
             tmp = ckpt.begin_save(self.output_dir, self.step)
-        barrier()
+        barrier(long=True)
         tmp = ckpt.checkpoint_dir(self.output_dir) / f".tmp_{ckpt.step_name(self.step)}"
         student = self.student_state()
         teacher = self.teacher_state()
@@ -436,6 +462,8 @@ class Trainer:
             state = {
                 "step": self.step,
                 "world_size": d.world_size,
+                "nodes": d.nodes,
+                "layout": list(d.layout),
                 "zero_stage": self.zero_stage,
                 "trainable": self.trainable_names,
                 "backbone": self.cfg.backbone.name,
@@ -445,11 +473,13 @@ class Trainer:
                 "resumed_at": self.resumed_at,
             }
             (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        barrier()
+        # every rank's optimizer shard is written before rank 0 commits: a rank that dies before this
+        # barrier leaves the temporary folder, never a checkpoint that resume would pick up
+        barrier(long=True)
         final = ckpt.checkpoint_dir(self.output_dir) / ckpt.step_name(self.step)
         if d.is_main:
             final = ckpt.commit_save(tmp, self.output_dir, self.step, self.cfg.train.keep_checkpoints)
-        barrier()
+        barrier(long=True)
         self._saved_step = self.step
         if self.callbacks is not None:
             self.callbacks.fire("checkpoint_saved", self.state, final)
@@ -466,6 +496,14 @@ class Trainer:
             raise CheckpointError(
                 f"{folder}: written by {state.get('world_size')} ranks, now {self.dist.world_size}; "
                 "resume with the same number of processes"
+            )
+        if "layout" in state and tuple(state["layout"]) != self.dist.layout:
+            then = DistInfo(0, int(state["world_size"]), 0, self.dist.device, layout=tuple(state["layout"]))
+            raise CheckpointError(
+                f"{folder}: written by {then.world_size} ranks on {then.layout_text()}, now on "
+                f"{self.dist.layout_text()}; resume with the same number of nodes and ranks per node (the "
+                "collectives' order of summation follows the layout, so another one would not continue the run "
+                "exactly)"
             )
         # read tensor by tensor: a rank holds one full tensor at a time (under ZeRO-3 it keeps its shard of it)
         student = ckpt.open_tensor_file(folder / "student.safetensors")
@@ -527,6 +565,8 @@ class Trainer:
 
     def cleanup(self) -> None:
         self.stop.restore()
+        if self.watch is not None:
+            self.watch.stop()
         self.folder.release(setup_failed=not self._setup_done)
 
 
@@ -537,13 +577,19 @@ def train(cfg: RatsConfig) -> TrainResult:
     try:
         trainer.setup()
         result = trainer.train()
+        ranks.finish(trainer)
         if trainer.dist.is_main:
             print(f"done: {result.steps} steps; run folder {trainer.output_dir}", file=sys.stderr)
         return result
     except BaseException as exc:
+        # a collective that failed because a rank is gone: one line naming it, not a gloo/NCCL traceback
+        lost = ranks.peer_failure(trainer, exc)
+        ranks.leave(trainer, lost or exc, interrupted=isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)))
         if trainer.callbacks is not None and trainer.state is not None:
-            for problem in trainer.callbacks.fire_quietly("exception", trainer.state, exc):
+            for problem in trainer.callbacks.fire_quietly("exception", trainer.state, lost or exc):
                 log.warning("%s", problem)
+        if lost is not None:
+            raise lost from None
         raise
     finally:
         trainer.cleanup()
