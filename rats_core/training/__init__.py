@@ -5,6 +5,7 @@
 - ``components``: building a config's backbone, rewards, gate, horizons; LoRA;
 - ``precision``: the dtype/autocast policy; ``checkpoint``: atomic checkpoints and exact resume;
 - ``run_folder``: the run folder and its lock; ``signals``: SIGTERM/SIGINT → save and stop;
+- ``ranks``: a multi-rank job's shared-folder check, the watch on the other ranks, the line when one dies;
 - ``callbacks``: events and the callback list; ``progress``: progress lines and bars;
 - ``threads``: the CPU thread policy; ``gate_check``: the warning when the gate never leaves 0.5.
 
