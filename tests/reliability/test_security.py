@@ -213,7 +213,11 @@ def test_reward_plugins_refuse_a_pickled_weights_file_with_code(capsys, tmp_path
     """Through ``rats run``: the reward's ``path`` option names a hostile .pt file."""
     marker = tmp_path / "pwned"
     evil = _evil_pickle(tmp_path / "weights.pt", marker)
-    cfg = write_config(tmp_path, rewards=[{"name": reward, "path": str(evil)}], output_dir=str(tmp_path / "new"))
+    options = {"name": reward, "path": str(evil)}
+    if reward == "imagereward":  # a tokenizer folder that is there: the weights file is what gets read
+        (tmp_path / "tokenizer").mkdir()
+        options["tokenizer"] = str(tmp_path / "tokenizer")
+    cfg = write_config(tmp_path, rewards=[options], output_dir=str(tmp_path / "new"))
     rc, _, err = cli(capsys, "run", cfg)
     assert_clean_error(rc, err, "weights.pt", "weights_only=True")
     assert not marker.exists()
