@@ -75,6 +75,15 @@ def _local_rank_from_env() -> int | None:
     return None
 
 
+def _elastic_relaunchable() -> bool:
+    """Started by torchrun, whose agent keeps one store for every ``--max-restarts`` relaunch. torch's own
+    env:// initialisation does not put the attempt in its keys (torch 2.13): a relaunched rank may read the
+    address a rank of the attempt before published, fail to connect to the dead process, and waste the
+    restart. rats then initialises the process group over a store prefixed by the attempt instead."""
+    needed = ("TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and all(os.environ.get(k) for k in needed)
+
+
 def setup(device: str | None = None, *, timeout: float | None = None, long_timeout: float | None = None) -> DistInfo:
     """Initialise (once) the process group DeepSpeed needs and return this process's place in it.
 
@@ -102,6 +111,12 @@ def setup(device: str | None = None, *, timeout: float | None = None, long_timeo
         # written to os.environ, so subprocesses (and a second run) never inherit a stale address.
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, **pg_timeout)
         os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine insists on reading it
+    if not dist.is_initialized() and _elastic_relaunchable():
+        store = dist.PrefixStore(f"rats/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}/",
+                                 dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                               is_master=False, **pg_timeout))
+        dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]), **pg_timeout)
     local_rank = _local_rank_from_env()
     if local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(local_rank))  # srun/mpirun: DeepSpeed reads LOCAL_RANK

@@ -8,7 +8,9 @@ would set them).
 * ``RATS_TEST_STEP_DELAY``: seconds to sleep inside every step (after the forward pass);
 * ``RATS_TEST_SAVE_DELAY``: seconds rank 0 sleeps inside every checkpoint save, its student weights
   half-written;
-* ``RATS_TEST_EXPORT_DELAY``: seconds the toy backbone's export sleeps (a FLUX export on the CPU).
+* ``RATS_TEST_EXPORT_DELAY``: seconds the toy backbone's export sleeps (a FLUX export on the CPU);
+* ``RATS_TEST_RELAUNCH_DELAY``: seconds rank 1 waits before starting when torchrun relaunches it (a slow
+  rank: the others then look for it in the store before it is there).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ step_delay = float(os.environ.get("RATS_TEST_STEP_DELAY", "0"))
 save_delay = float(os.environ.get("RATS_TEST_SAVE_DELAY", "0"))
 export_delay = float(os.environ.get("RATS_TEST_EXPORT_DELAY", "0"))
 counts = {"step": 0, "save": 0}
+
+if rank == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+    time.sleep(float(os.environ.get("RATS_TEST_RELAUNCH_DELAY", "0")))
 
 real_call = RatsObjective.__call__
 real_save = ckpt.save_tensor_file

@@ -197,7 +197,9 @@ def test_torchrun_max_restarts_finishes_the_run_by_itself_as_if_resumed_by_hand(
     of an uninterrupted run resumed from that same checkpoint."""
     cfg = config(tmp_path)
     run = tmp_path / "run"
-    proc = torchrun(["--max-restarts=1", RANK_RUN, str(cfg)], tmp_path / "marks", RATS_TEST_STEP_DELAY="0.3")
+    # the relaunched rank 1 is slow to start: rank 0 must not take the dead rank 1's address for its own
+    proc = torchrun(["--max-restarts=1", RANK_RUN, str(cfg)], tmp_path / "marks", RATS_TEST_STEP_DELAY="0.3",
+                    RATS_TEST_RELAUNCH_DELAY="3")
     os.kill(pid_at(tmp_path / "marks", "rank1_step_5", [proc]), signal.SIGKILL)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-4000:]
